@@ -1,0 +1,2 @@
+"""distill: Impossible Distillation dataset factory."""
+__version__ = "0.1.0"
