@@ -21,6 +21,7 @@ pairs      (stage ``pairs``):      one row per (task, ordered source/target) pai
     source_idx, target_idx int
     context     str
     round       int
+    generator   str  the model that generated both candidates
 
 critique adds one score column per critic (``<filter>_<metric>``) and ``reject`` (str, "" keeps):
 the first failing critic's reason, ``<filter>_<why>``.
@@ -30,6 +31,7 @@ TASKS = ("paraphrase", "summary")
 
 CONTEXT_COLUMNS = ["record_id", "passage_id", "prefix", "context", "sentence", "seed"]
 CANDIDATE_COLUMNS = ["record_id", "prefix", "context", "candidate_idx", "candidate", "seed", "generator"]
-PAIR_COLUMNS = ["pair_id", "record_id", "task", "source", "target", "source_idx", "target_idx", "context", "round"]
+PAIR_COLUMNS = ["pair_id", "record_id", "task", "source", "target", "source_idx", "target_idx", "context", "round",
+                "generator"]
 
 REJECT = "reject"  # first failing reason per pair; "" keeps

@@ -1,0 +1,164 @@
+"""The ``distill`` command line. Parsing lives here; the work lives in runner/select/stages."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from distill.config import ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Impossible Distillation: a paraphrase and summary corpus from an off-the-shelf LM.")
+
+STAGE_NAMES = ("contexts", "candidates", "pairs", "critique")
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set critique.nli.threshold=0.8 (repeatable).")]
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One line on stderr, then exit (2 = bad input)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _load(config: Path, overrides: list[str] | None):
+    from distill.config import load_config
+
+    try:
+        return load_config(config, overrides or [])
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def run(config: Annotated[Path, typer.Argument(help="YAML run config, e.g. configs/smoke.yaml.")],
+        out: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/<name>).")] = None,
+        set_: SetOpt = None,
+        quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False) -> None:
+    """Run (or resume) a distillation run: contexts, candidates, pairs, critique, corpus."""
+    from distill.runner import ShardError, run_round0
+    from distill.runtime import peak_rss_mb
+
+    cfg = _load(config, set_)
+    try:
+        result = run_round0(cfg, out, progress=not quiet)
+    except ConfigError as exc:
+        fail(str(exc))
+    except ShardError as exc:
+        fail(str(exc), code=1)
+    _print_funnel(result.funnel)
+    typer.echo(f"run folder: {result.run_dir}  ({result.seconds:.1f} s, peak RSS {peak_rss_mb():.0f} MiB; "
+               f"computed {sum(result.computed.values())} shard(s), reused {sum(result.skipped.values())})")
+
+
+@app.command()
+def select(run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A run folder.")],
+           set_: SetOpt = None) -> None:
+    """Re-threshold a finished run from its stored scores (no model is loaded) and rewrite its corpus."""
+    from distill.config import load_config
+    from distill.select import select_round
+    from distill.store import RunDir
+
+    run = RunDir(run_dir)
+    if not run.config_path.exists():
+        fail(f"{run_dir}: not a run folder (no config.yaml); allowed: a folder made by 'distill run'")
+    try:
+        cfg = load_config(run.config_path, set_ or [])
+    except ConfigError as exc:
+        fail(str(exc))
+    bad = [o for o in (set_ or []) if not o.startswith("critique.") or o.startswith("critique.nli.model")]
+    if bad:
+        fail(f"select only changes thresholds: '{bad[0]}' is not allowed (allowed: critique.* thresholds)")
+    critique = run.stage(0, "critique")
+    shards = critique.done_shards()
+    if not shards:
+        fail(f"{run_dir}/round-0/critique: no finished shards to select from; run 'distill run' first")
+    summary = select_round(run, cfg, 0, shards)
+    _print_funnel(summary)
+
+
+@app.command()
+def stage(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(STAGE_NAMES)}.")],
+          config: Annotated[Path, typer.Option("--config", help="YAML run config.")],
+          output: Annotated[Path, typer.Option("--output", help="Folder for the output shard.")],
+          input_: Annotated[Optional[Path], typer.Option("--input", help="Input shard (Parquet); contexts takes --shard instead.")] = None,
+          shard: Annotated[int, typer.Option(help="contexts only: which shard of prefixes to sample.")] = 0,
+          limit: Annotated[Optional[int], typer.Option(help="Only the first N input rows.")] = None,
+          explain: Annotated[bool, typer.Option("--explain", help="critique: print each pair, its scores and the critic that rejected it.")] = False,
+          set_: SetOpt = None) -> None:
+    """Run one stage on one shard in-process (for debugging), writing OUTPUT/<shard>.parquet."""
+    from distill.runner import make_stage
+    from distill.store import read_parquet, write_parquet
+
+    if name not in STAGE_NAMES:
+        fail(f"unknown stage '{name}' (allowed: {', '.join(STAGE_NAMES)})")
+    cfg = _load(config, set_)
+    if name == "contexts":
+        from distill.stages.contexts import n_context_shards, prefix_table
+
+        if not 0 <= shard < n_context_shards(cfg):
+            fail(f"--shard {shard}: out of range (allowed: 0..{n_context_shards(cfg) - 1})")
+        df, out_name = prefix_table(cfg, shard), f"part-{shard:05d}"
+    else:
+        if input_ is None:
+            fail(f"stage {name} needs --input SHARD.parquet")
+        try:
+            df = read_parquet(input_)
+        except Exception as exc:  # noqa: BLE001
+            fail(f"{input_}: not a readable Parquet shard ({type(exc).__name__})")
+        out_name = input_.stem
+    if limit is not None:
+        df = df.iloc[:limit]
+    from distill.records import CANDIDATE_COLUMNS, CONTEXT_COLUMNS, PAIR_COLUMNS
+
+    needs = {"candidates": CONTEXT_COLUMNS, "pairs": CANDIDATE_COLUMNS, "critique": PAIR_COLUMNS}.get(name, [])
+    missing = [c for c in needs if c not in df.columns]
+    if missing:
+        fail(f"{input_}: missing column(s) {', '.join(missing)} for stage {name} (expected: {', '.join(needs)})")
+    result = make_stage(name, cfg)(df)
+    path = output / f"{out_name}.parquet"
+    write_parquet(result, path)
+    if explain and name == "critique":
+        _explain(result)
+    typer.echo(f"{name}: {len(df)} rows in -> {len(result)} rows out: {path}")
+
+
+def _explain(pairs) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    for col in ("task", "source", "target", "length", "rougeL", "nli fwd", "nli rev", "verdict"):
+        table.add_column(col, overflow="fold")
+    fmt = lambda v: "" if v != v or v is None else f"{v:.2f}"  # noqa: E731 - NaN -> blank
+    for r in pairs.itertuples(index=False):
+        table.add_row(r.task, r.source, r.target, fmt(r.length_ratio), fmt(getattr(r, "diversity_rougeL", None)),
+                      fmt(getattr(r, "nli_forward", None)), fmt(getattr(r, "nli_reverse", None)),
+                      r.reject or "[green]kept")
+    Console(width=200).print(table)
+
+
+def _print_funnel(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    tasks = summary.get("tasks", {})
+    critics = sorted({c for t in tasks.values() for c in t.get("removed", {})})
+    table = Table(title=f"round {summary.get('round', 0)}: {summary.get('records', 0)} records, "
+                        f"{summary.get('candidates', 0)} candidates")
+    for col in ["task", "pairs in", *[f"-{c}" for c in critics], "kept"]:
+        table.add_column(col, justify="right")
+    for task, f in sorted(tasks.items()):
+        table.add_row(task, str(f["pairs_in"]), *[str(f["removed"].get(c, 0)) for c in critics], str(f["kept"]))
+    Console().print(table)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
