@@ -11,6 +11,8 @@ Extraction (``extract_numbers``) normalises every number mention to an exact ``D
   1900), scale words ``thousand``/``million``/``billion``/``trillion`` multiply what precedes them,
   also digits: ``3 million`` == ``three million`` == ``3,000,000`` -> 3000000, ``3.5 billion`` ->
   3500000000, ``a hundred`` / ``a million`` -> 100 / 1000000, ``two thousand and ten`` -> 2010.
+  Punctuation (not a hyphen) ends a spelled-out number, and scale words must decrease within one
+  number: ``two million, three million`` and ``two million three million`` are two numbers.
 * ordinal words: ``third`` .. ``ninetieth`` -> their value (``twenty-first`` -> 21). Bare ``first`` and
   ``second`` are NOT numbers (``at first``, ``a second``); after a tens/hundred/scale word they are.
 * not handled (documented limits): plurals (``hundreds``, ``millions`` are vague, ignored),
@@ -67,8 +69,9 @@ _WORDS.update({w: ("tens", v, True) for w, v in _ORD_TENS.items()})
 
 NUMBER_WORDS = frozenset(_WORDS)
 
-# digits with thousands separators (only groups of exactly 3 digits), plain digits/decimals, or a word
-_TOKEN = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)|\d+(?:\.\d+)?|[a-z]+")
+# digits with thousands separators (only groups of exactly 3 digits), plain digits/decimals, a word,
+# or punctuation (other than a hyphen), which ends a number word sequence ("3 million, three million")
+_TOKEN = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)|\d+(?:\.\d+)?|[a-z]+|[^\w\s-]")
 
 # what may come right before a word of a given kind for it to continue the current number
 _CONTINUES = {
@@ -91,12 +94,13 @@ def extract_numbers(text: str) -> list[Decimal]:
     total = Decimal(0)  # completed scale groups ("two million" in "two million three hundred")
     current: Decimal | None = None  # the group under construction; None when no number is open
     last = None  # kind of the previous number token
+    last_scale = None  # the smallest scale word used so far in this number
 
     def flush():
-        nonlocal total, current, last
+        nonlocal total, current, last, last_scale
         if current is not None:
             found.append(total + current)
-        total, current, last = Decimal(0), None, None
+        total, current, last, last_scale = Decimal(0), None, None, None
 
     for i, tok in enumerate(toks):
         if tok[0].isdigit():
@@ -117,6 +121,12 @@ def extract_numbers(text: str) -> list[Decimal]:
             continue
         kind, value, ordinal = word
         joins = current is not None and last in _CONTINUES[kind]
+        if joins and kind == "scale" and last_scale is not None and value >= last_scale:
+            # "two million three million": scales must decrease within one number; the words since
+            # the last scale start a new number
+            found.append(total)
+            total, current, last_scale, last = current * value, Decimal(0), value, kind
+            continue
         if not joins:
             flush()
             if tok in _AMBIGUOUS_ORDINALS:
@@ -131,6 +141,7 @@ def extract_numbers(text: str) -> list[Decimal]:
         else:  # scale
             total += current * value
             current = Decimal(0)
+            last_scale = value
         last = kind
         if ordinal:  # an ordinal ends its number ("twenty-first floor")
             flush()
@@ -208,6 +219,7 @@ class NumbersFilter(Filter):
     def decide(self, pairs: pd.DataFrame) -> np.ndarray:
         m = self.stored(pairs, "numbers_match")
         out = self.keep_all(len(pairs))
-        out[m == 0.0] = "numbers_mismatch"
+        with np.errstate(invalid="ignore"):
+            out[~np.isnan(m) & (m != 1.0)] = "numbers_mismatch"
         out[np.isnan(m) & self.applies(pairs)] = self.not_scored
         return out
