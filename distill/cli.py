@@ -37,6 +37,8 @@ def _load(config: Path, overrides: list[str] | None):
 def run(config: Annotated[Path, typer.Argument(help="YAML run config, e.g. configs/smoke.yaml.")],
         out: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/<name>).")] = None,
         set_: SetOpt = None,
+        ray: Annotated[bool, typer.Option("--ray", help="Run on Ray: RAY_ADDRESS / --address, else a local Ray instance.")] = False,
+        address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, else start a local one).")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False) -> None:
     """Run (or resume) a distillation run: contexts, candidates, pairs, critique, corpus."""
     from distill.runner import ShardError, run_round0
@@ -44,7 +46,12 @@ def run(config: Annotated[Path, typer.Argument(help="YAML run config, e.g. confi
 
     cfg = _load(config, set_)
     try:
-        result = run_round0(cfg, out, progress=not quiet)
+        if ray or address:
+            from distill.ray_runner import run_round0_ray
+
+            result = run_round0_ray(cfg, out, address=address, progress=not quiet)
+        else:
+            result = run_round0(cfg, out, progress=not quiet)
     except ConfigError as exc:
         fail(str(exc))
     except ShardError as exc:
@@ -124,6 +131,46 @@ def stage(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(STAGE_NA
     if explain and name == "critique":
         _explain(result)
     typer.echo(f"{name}: {len(df)} rows in -> {len(result)} rows out: {path}")
+
+
+@app.command()
+def export(run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A finished run folder.")],
+           to_hub: Annotated[Optional[str], typer.Option("--to-hub", metavar="OWNER/NAME", help="Dataset repo to push to.")] = None,
+           private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
+           tag: Annotated[Optional[str], typer.Option(help="Tag the pushed commit.")] = None,
+           dry_run: Annotated[Optional[Path], typer.Option("--dry-run", metavar="DIR", help="Write the folder that would be uploaded to DIR; upload nothing.")] = None,
+           with_rejected: Annotated[bool, typer.Option("--with-rejected", help="Add the rejected pairs as a 'rejected' config.")] = False,
+           embedding_model: Annotated[str, typer.Option(help="Sentence-embedding model for the report's Cos.")] = "all-MiniLM-L6-v2") -> None:
+    """Export a run as a Hugging Face dataset (one config per task, train/validation, dataset card)."""
+    from distill.export import export_run
+
+    if not to_hub and not dry_run:
+        fail("export needs --to-hub OWNER/NAME or --dry-run DIR")
+    if not (run_dir / "config.yaml").exists():
+        fail(f"{run_dir}: not a run folder (no config.yaml); allowed: a folder made by 'distill run'")
+    try:
+        where = export_run(run_dir, repo_id=to_hub, private=private, tag=tag, dry_run_dir=dry_run,
+                           with_rejected=with_rejected, embedding_model=embedding_model)
+    except ConfigError as exc:
+        fail(str(exc))
+    typer.echo(f"exported: {where}")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A finished run folder.")],
+           out: Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN/report).")] = None,
+           embedding_model: Annotated[str, typer.Option(help="Sentence-embedding model for Cos.")] = "all-MiniLM-L6-v2") -> None:
+    """Corpus quality as the paper measures it (Table 1), per task and round: report.md, report.json, plots."""
+    from distill.report import write_report
+
+    if not (run_dir / "config.yaml").exists():
+        fail(f"{run_dir}: not a run folder (no config.yaml); allowed: a folder made by 'distill run'")
+    try:
+        result = write_report(run_dir, out, embedding_model=embedding_model)
+    except ConfigError as exc:
+        fail(str(exc))
+    folder = out or run_dir / "report"
+    typer.echo(f"report: {folder / 'report.md'} ({len(result['files'])} files)")
 
 
 def _explain(pairs) -> None:

@@ -60,7 +60,7 @@ class CandidatesConfig(_Strict):
     max_new_tokens: int = Field(100, ge=1)  # paper
     rows_per_batch: int = Field(512, ge=1)  # sequences per generate call (contexts x k), across contexts
     stop_at_sentence: bool = True  # stop a sample once its first sentence is complete
-    max_records: int | None = Field(None, ge=1)  # cap on records taken from each contexts shard
+    max_sentences_per_passage: int | None = Field(None, ge=1)  # only the first N records of each passage get candidates
     resources: ResourcesConfig = ResourcesConfig()
 
 
@@ -100,6 +100,7 @@ class RunConfig(_Strict):
     seed: int = 0
     domain: Literal["news", "bio"] = "news"
     tasks: list[Literal["paraphrase", "summary"]] = ["paraphrase", "summary"]
+    license: str = "other"  # the corpus license on the dataset card (an SPDX id such as cc-by-4.0, or "other")
     teacher: ModelConfig = ModelConfig(model="gpt2-xl")  # paper (bio: microsoft/BioGPT-Large)
     contexts: ContextsConfig = ContextsConfig()
     candidates: CandidatesConfig = CandidatesConfig()
