@@ -41,22 +41,24 @@ def run(config: Annotated[Path, typer.Argument(help="YAML run config, e.g. confi
         address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, else start a local one).")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False) -> None:
     """Run (or resume) a distillation run: contexts, candidates, pairs, critique, corpus."""
-    from distill.runner import ShardError, run_round0
+    from distill.runner import ShardError, run_rounds
     from distill.runtime import peak_rss_mb
 
     cfg = _load(config, set_)
     try:
         if ray or address:
-            from distill.ray_runner import run_round0_ray
+            from distill.ray_runner import run_rounds_ray
 
-            result = run_round0_ray(cfg, out, address=address, progress=not quiet)
+            result = run_rounds_ray(cfg, out, address=address, progress=not quiet)
         else:
-            result = run_round0(cfg, out, progress=not quiet)
+            result = run_rounds(cfg, out, progress=not quiet)
     except ConfigError as exc:
         fail(str(exc))
     except ShardError as exc:
         fail(str(exc), code=1)
-    _print_funnel(result.funnel)
+    for summary in result.rounds:
+        _print_funnel(summary)
+    _print_rounds(result.rounds)
     typer.echo(f"run folder: {result.run_dir}  ({result.seconds:.1f} s, peak RSS {peak_rss_mb():.0f} MiB; "
                f"computed {sum(result.computed.values())} shard(s), reused {sum(result.skipped.values())})")
 
@@ -79,12 +81,14 @@ def select(run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A run fo
     bad = [o for o in (set_ or []) if not o.startswith("critique.") or o.startswith("critique.nli.model")]
     if bad:
         fail(f"select only changes thresholds: '{bad[0]}' is not allowed (allowed: critique.* thresholds)")
-    critique = run.stage(0, "critique")
-    shards = critique.done_shards()
-    if not shards:
+    rounds = [r for r in run.rounds() if run.stage(r, "critique").done_shards()]
+    if not rounds:
         fail(f"{run_dir}/round-0/critique: no finished shards to select from; run 'distill run' first")
-    summary = select_round(run, cfg, 0, shards)
-    _print_funnel(summary)
+    for r in rounds:
+        _print_funnel(select_round(run, cfg, r, run.stage(r, "critique").done_shards()))
+    if len(rounds) > 1 or cfg.rounds > 1:
+        typer.echo("note: students were trained on the earlier selection; rerun 'distill run' in a new folder "
+                   "to retrain them on this one")
 
 
 @app.command()
@@ -125,7 +129,7 @@ def stage(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(STAGE_NA
     missing = [c for c in needs if c not in df.columns]
     if missing:
         fail(f"{input_}: missing column(s) {', '.join(missing)} for stage {name} (expected: {', '.join(needs)})")
-    result = make_stage(name, cfg)(df)
+    result = make_stage(name, cfg, 0)(df)
     path = output / f"{out_name}.parquet"
     write_parquet(result, path)
     if explain and name == "critique":
@@ -171,6 +175,47 @@ def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A finish
         fail(str(exc))
     folder = out or run_dir / "report"
     typer.echo(f"report: {folder / 'report.md'} ({len(result['files'])} files)")
+
+
+@app.command()
+def generate(checkpoint: Annotated[Path, typer.Argument(help="A student checkpoint, e.g. runs/smoke/round-1/student.")],
+             text: Annotated[str, typer.Argument(help="The sentence to rewrite.")],
+             task: Annotated[str, typer.Option(help="paraphrase or summary.")] = "paraphrase",
+             n: Annotated[int, typer.Option("-n", help="Number of samples.")] = 1,
+             length: Annotated[Optional[int], typer.Option(help="Length-ratio bucket 0-5 (see README); default per task.")] = None,
+             diversity: Annotated[Optional[int], typer.Option(help="Lexical-overlap bucket 0-3, 0 = most diverse; default per task.")] = None,
+             seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+             greedy: Annotated[bool, typer.Option("--greedy", help="One greedy output instead of samples.")] = False) -> None:
+    """Rewrite TEXT with a trained student (paraphrase or summary, with control codes)."""
+    from distill.stages.student import generate as student_generate
+
+    if task not in ("paraphrase", "summary"):
+        fail(f"--task {task}: not allowed (allowed: paraphrase, summary)")
+    if not (checkpoint / "config.json").exists():
+        fail(f"{checkpoint}: not a student checkpoint (no config.json); allowed: runs/<name>/round-<r>/student")
+    if length is not None and not 0 <= length <= 5:
+        fail(f"--length {length}: not allowed (allowed: 0..5)")
+    if diversity is not None and not 0 <= diversity <= 3:
+        fail(f"--diversity {diversity}: not allowed (allowed: 0..3)")
+    for out in student_generate(checkpoint, task, text, n=n, length=length, diversity=diversity, seed=seed,
+                                greedy=greedy):
+        typer.echo(out)
+
+
+def _print_rounds(rounds: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="rounds")
+    for col in ("round", "paraphrase kept", "summary kept", "student val loss", "student ROUGE-L", "critic pass rate"):
+        table.add_column(col, justify="right")
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for s in rounds:
+        st = s.get("student") or {}
+        table.add_row(str(s.get("round")), str(s.get("kept", {}).get("paraphrase", 0)),
+                      str(s.get("kept", {}).get("summary", 0)), fmt(st.get("validation_loss")),
+                      fmt(st.get("rougeL")), fmt(st.get("critic_pass_rate")))
+    Console().print(table)
 
 
 def _explain(pairs) -> None:

@@ -93,6 +93,34 @@ class CritiqueConfig(_Strict):
     resources: ResourcesConfig = ResourcesConfig()
 
 
+class TrainConfig(_Strict):
+    """The student: a seq2seq model fine-tuned on each round's kept pairs (both tasks)."""
+
+    student: ModelConfig = ModelConfig(model="google/t5-v1_1-large")  # paper: T5-v1.1-large (770M)
+    epochs: int = Field(1, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    batch_size: int = Field(32, ge=1)  # pairs per optimizer step (per worker on Ray Train)
+    max_source_tokens: int = Field(128, ge=8)
+    max_target_tokens: int = Field(128, ge=8)
+    validation_fraction: float = Field(0.05, ge=0, lt=1)  # held out by a hash of the record id
+    mix: Literal["latest", "all"] = "all"  # train round r's student on D_r ("latest") or D_0..D_r ("all")
+    init: Literal["previous", "base"] = "previous"  # start from the previous round's student or the base model
+    eval_samples: int = Field(64, ge=0)  # validation pairs the student generates for ROUGE-L and critic pass rate
+    resources: ResourcesConfig = ResourcesConfig()  # concurrency = Ray Train workers (data parallel)
+
+
+class StudentGenConfig(_Strict):
+    """Round r >= 1: the previous student generates candidates for held-out records."""
+
+    k: int = Field(10, ge=1)  # paper: k=10
+    top_p: float = Field(0.9, gt=0, le=1)  # paper
+    temperature: float = Field(0.7, gt=0)  # paper
+    no_repeat_ngram_size: int = Field(3, ge=0)  # paper
+    max_new_tokens: int = Field(64, ge=1)
+    rows_per_batch: int = Field(256, ge=1)
+    resources: ResourcesConfig = ResourcesConfig()
+
+
 class RunConfig(_Strict):
     """One distillation run."""
 
@@ -105,6 +133,9 @@ class RunConfig(_Strict):
     contexts: ContextsConfig = ContextsConfig()
     candidates: CandidatesConfig = CandidatesConfig()
     critique: CritiqueConfig = CritiqueConfig()
+    rounds: int = Field(1, ge=1)  # round 0 from the teacher, then rounds 1..N-1 from the previous round's student
+    train: TrainConfig = TrainConfig()
+    student: StudentGenConfig = StudentGenConfig()
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:

@@ -33,17 +33,31 @@ def corpus_rows(pairs: pd.DataFrame, seed: int) -> pd.DataFrame:
     return out[CORPUS_COLUMNS].reset_index(drop=True)
 
 
+def most_diverse_per_source(pairs: pd.DataFrame) -> pd.Series:
+    """Rounds r >= 1 (paper): of one source's surviving paraphrases keep the lowest ROUGE-L; the others
+    are rejected as ``diversity_not_most_diverse``. Summaries are kept by their critics alone."""
+    from distill.stages.student import best_paraphrase_per_source
+
+    reject = pairs["reject"].copy()
+    keep = best_paraphrase_per_source(pairs).index
+    reject[(reject == "") & ~pairs.index.isin(keep)] = "diversity_not_most_diverse"
+    return reject
+
+
 def select_round(run: RunDir, cfg: RunConfig, round_: int, shards: list[str]) -> dict:
     """Re-decides every critique shard under ``cfg.critique``; writes corpus/<task>/ shards and funnel.json."""
+    from distill.runner import critique_config
     from distill.stages.critique import reselect
 
     critique = run.stage(round_, "critique")
-    candidates = run.stage(round_, "candidates")
+    candidates = run.stage(round_, "candidates" if round_ == 0 else "student")
     funnels = []
     counts = {task: 0 for task in cfg.tasks}
     for name in shards:
         pairs = critique.read(name)
-        pairs["reject"] = reselect(pairs, cfg.critique).to_numpy()
+        pairs["reject"] = reselect(pairs, critique_config(cfg, round_)).to_numpy()
+        if round_ > 0:
+            pairs["reject"] = most_diverse_per_source(pairs)
         funnels.append(funnel(pairs))
         rows = corpus_rows(pairs, cfg.seed)
         for task in cfg.tasks:
@@ -56,7 +70,7 @@ def select_round(run: RunDir, cfg: RunConfig, round_: int, shards: list[str]) ->
         "round": round_,
         "shards": len(shards),
         "records": sum((run.stage(round_, "contexts").entry(n) or {}).get("rows", 0) for n in shards),
-        "candidates": cand_rows,
+        "candidates" if round_ == 0 else "student_pairs": cand_rows,
         "tasks": merged,
         "kept": counts,
         "thresholds": cfg.critique.model_dump(mode="json", exclude={"resources"}),

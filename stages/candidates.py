@@ -10,6 +10,15 @@ from distill.seeding import derive_seed
 from distill.text import first_sentence, has_complete_first_sentence
 
 
+def select_records(records: pd.DataFrame, per_passage: int | None) -> pd.DataFrame:
+    """The records that get candidates: a non-empty context (paper), and at most ``per_passage`` of each
+    passage (counted per passage, so re-sharding keeps the same records)."""
+    records = records[records["context"].str.len() > 0]
+    if per_passage is not None:
+        records = records[records.groupby("passage_id").cumcount() < per_passage]
+    return records
+
+
 def prompt_of(prefix: str, context: str) -> str:
     return f"{prefix} {context}".strip()
 
@@ -32,9 +41,7 @@ class CandidatesStage:
         from distill.sampling import sample_split_on_oom
 
         c = self.cfg.candidates
-        records = records[records["context"].str.len() > 0]  # paper: a candidate needs a context
-        if c.max_records is not None:
-            records = records.iloc[:c.max_records]
+        records = select_records(records, c.max_sentences_per_passage)
         # one row per (record, sample); sorted by prompt length so a batch pads little
         prompts = {r.record_id: prompt_of(r.prefix, r.context) for r in records.itertuples(index=False)}
         order = sorted(prompts, key=lambda rid: (len(prompts[rid]), rid))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import random
-from functools import lru_cache
-from importlib import resources
 
 import pandas as pd
 
@@ -12,20 +10,15 @@ from distill.config import RunConfig
 from distill.records import CONTEXT_COLUMNS
 from distill.seeding import derive_seed
 from distill.text import is_complete, split_sentences
+from distill.tiny import load_outlets, load_places
 
 BIO_PREFIXES = ("Abstract:", "Introduction:", "Method:", "Conclusion:")  # paper, bio domain
 
 
-@lru_cache(maxsize=None)
-def _resource_lines(name: str) -> tuple[str, ...]:
-    text = resources.files("distill").joinpath("resources", name).read_text(encoding="utf-8")
-    return tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
-
-
 def news_prefix(rng: random.Random) -> str:
     """The paper's news prefixes: ``(<outlet>) --`` 50%, ``<COUNTRY> (<outlet>) --`` 25%, ``<CITY>, <COUNTRY> (<outlet>) --`` 25%."""
-    outlet = rng.choice(_resource_lines("news_outlets.txt"))
-    city, country = rng.choice(_resource_lines("places.tsv")).split("\t")
+    outlet = rng.choice(load_outlets())
+    city, country = rng.choice(load_places())
     r = rng.random()
     if r < 0.5:
         return f"({outlet}) --"
@@ -34,11 +27,13 @@ def news_prefix(rng: random.Random) -> str:
     return f"{city.upper()}, {country} ({outlet}) --"
 
 
-def prefix_table(cfg: RunConfig, shard: int) -> pd.DataFrame:
-    """The passages of contexts shard ``shard``: id, prefix and sampling seed, all derived from the passage index."""
+def prefix_table(cfg: RunConfig, shard: int, round_: int = 0) -> pd.DataFrame:
+    """The passages of contexts shard ``shard`` of round ``round_``: id, prefix and sampling seed, all
+    derived from the passage index. Round r uses passages [r n, (r+1) n): held out from other rounds."""
     n, per = cfg.contexts.n_passages, cfg.contexts.passages_per_shard
+    base = round_ * n
     rows = []
-    for idx in range(shard * per, min(n, (shard + 1) * per)):
+    for idx in range(base + shard * per, base + min(n, (shard + 1) * per)):
         passage_id = f"p{idx:07d}"
         rng = random.Random(derive_seed(cfg.seed, "prefix", passage_id))
         prefix = news_prefix(rng) if cfg.domain == "news" else rng.choice(BIO_PREFIXES)

@@ -92,13 +92,47 @@ def reselect(pairs: pd.DataFrame, cfg: CritiqueConfig) -> pd.Series:
     return reasons
 
 
-class CritiqueStage:
-    """Scores candidate pairs with every critic and records the first rejection reason in ``reject``."""
+class _Prescored:
+    """A cheap critic whose scores are already in the batch (scored by ``CheapScores`` elsewhere)."""
 
-    def __init__(self, cfg: CritiqueConfig, scorer=None):
+    def __init__(self, f):
+        self.f, self.name, self.columns, self.cheap = f, f.name, f.columns, True
+
+    def score(self, pairs: pd.DataFrame) -> pd.DataFrame:
+        missing = [c for c in self.f.columns if c not in pairs]
+        if missing:
+            raise ValueError(f"batch lacks the {self.name} scores ({', '.join(missing)}): run CheapScores first")
+        return pairs
+
+    def decide(self, pairs: pd.DataFrame) -> np.ndarray:
+        return self.f.decide(pairs)
+
+
+class CheapScores:
+    """The model-free critics' scores (length, numbers, ROUGE-L): a CPU step on a cluster."""
+
+    def __init__(self, cfg: CritiqueConfig):
+        self.filters = [f for f in build_filters(cfg, scorer=None)[0] if f.cheap]
+
+    def __call__(self, pairs: pd.DataFrame) -> pd.DataFrame:
+        for f in self.filters:
+            pairs = f.score(pairs)
+        return pairs
+
+
+class CritiqueStage:
+    """Scores candidate pairs with every critic and records the first rejection reason in ``reject``.
+
+    ``prescored=True`` expects the cheap critics' columns already in the batch (``CheapScores`` ran
+    as a CPU task); the decisions are the same either way.
+    """
+
+    def __init__(self, cfg: CritiqueConfig, scorer=None, prescored: bool = False):
         self.cfg = cfg
         self.scorer = scorer if scorer is not None else make_scorer(cfg)  # the NLI model loads once, here
         self.filters, self.dedup = build_filters(cfg, self.scorer)
+        if prescored:
+            self.filters = [_Prescored(f) if f.cheap else f for f in self.filters]
         self.critic = cfg.nli.model
 
     def __call__(self, pairs: pd.DataFrame) -> pd.DataFrame:

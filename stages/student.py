@@ -97,7 +97,8 @@ class StudentStage:
     """Samples k candidates per (record, task) from a trained student; returns pairs for the critics."""
 
     def __init__(self, checkpoint: str | Path, gen: StudentGenConfig, *, seed: int, round_: int,
-                 device: str = "auto", tasks: tuple[str, ...] = TASKS, dtype: str = "auto"):
+                 device: str = "auto", tasks: tuple[str, ...] = TASKS, dtype: str = "auto",
+                 max_sentences_per_passage: int | None = None, generator: str | None = None):
         from distill.runtime import pick_device
 
         unknown = [t for t in tasks if t not in TASKS]
@@ -105,6 +106,8 @@ class StudentStage:
             raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
         self.checkpoint, self.gen, self.seed, self.round = str(checkpoint), gen, int(seed), int(round_)
         self.tasks = tuple(tasks)
+        self.per_passage = max_sentences_per_passage  # the same records as the teacher's rounds would take
+        self.generator = generator or self.checkpoint  # the name recorded in each pair's lineage
         self.max_source_tokens = _max_source_tokens(checkpoint)
         self.model, self.tokenizer = load_student(checkpoint, device=pick_device(device), dtype=dtype)
         self.model.eval()
@@ -114,6 +117,10 @@ class StudentStage:
 
     def __call__(self, records: pd.DataFrame) -> pd.DataFrame:
         g = self.gen
+        if "passage_id" in records.columns:
+            from distill.stages.candidates import select_records
+
+            records = select_records(records, self.per_passage)
         recs = list(records[["record_id", "context", "sentence"]].astype(str).itertuples(index=False, name=None))
         inputs = {(rid, task): format_input(task, sent) for rid, _, sent in recs for task in self.tasks}
         # one job per (record, task, sample); sorted by input length so a batch pads little
@@ -137,7 +144,7 @@ class StudentStage:
                         continue  # empty, or the same string as an earlier sample of this record and task
                     seen.add(cand)
                     rows.append((f"{rid}:{task}:r{self.round}-{i}", rid, task, sentence, cand, -1, i, context,
-                                 self.round, self.checkpoint))
+                                 self.round, self.generator))
         out = pd.DataFrame(rows, columns=PAIR_COLUMNS)
         return out.astype({"source_idx": "int64", "target_idx": "int64", "round": "int64"})
 
