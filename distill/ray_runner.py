@@ -96,7 +96,8 @@ def run_rounds_ray(cfg: RunConfig, out: str | Path | None = None, *, address: st
     failures: dict[str, str] = {}
     for r in range(cfg.rounds):
         failed = _stream_round(cfg, run, r, n, result, failures, progress)
-        result.rounds.append(finish_round(cfg, run, r, finished_shards(run, r, n), trainer=train_student_ray))
+        result.rounds.append(finish_round(cfg, run, r, finished_shards(run, r, n), trainer=train_student_ray,
+                                          train=not failed))
         if failed:
             break  # the next round trains on this one: do not build on a partial round
     result.funnel = result.rounds[-1] if result.rounds else {}

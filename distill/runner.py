@@ -180,8 +180,7 @@ def run_rounds(cfg: RunConfig, out: str | Path | None = None, *, progress: bool 
                         failed.add(name)
                     bar.advance(task)
                 del fn
-        summary = finish_round(cfg, run, r, finished_shards(run, r, n))
-        result.rounds.append(summary)
+        result.rounds.append(finish_round(cfg, run, r, finished_shards(run, r, n), train=not failed))
         if failed:
             break  # the next round trains on this one: do not build on a partial round
     result.funnel = result.rounds[-1] if result.rounds else {}
@@ -191,12 +190,16 @@ def run_rounds(cfg: RunConfig, out: str | Path | None = None, *, progress: bool 
     return result
 
 
-def finish_round(cfg: RunConfig, run: RunDir, r: int, shards: list[str], *, trainer: Callable | None = None) -> dict:
-    """Selection into the round's corpus, then the round's student (skipped when already trained)."""
+def finish_round(cfg: RunConfig, run: RunDir, r: int, shards: list[str], *, trainer: Callable | None = None,
+                 train: bool = True) -> dict:
+    """Selection into the round's corpus, then the round's student (reused when already trained).
+
+    ``train=False`` (some shard failed): the finished shards are selected and reported, but no student
+    is trained on a partial round."""
     from distill.select import select_round
 
     summary = select_round(run, cfg, r, shards)
-    summary["student"] = train_round(cfg, run, r, trainer=trainer)
+    summary["student"] = train_round(cfg, run, r, trainer=trainer) if train else {"skipped": "round incomplete"}
     atomic_write_text(run.path / f"round-{r}" / "funnel.json", json.dumps(summary, indent=2, sort_keys=True))
     return summary
 

@@ -30,6 +30,9 @@ import time
 from dataclasses import dataclass
 from importlib import resources as _resources
 from pathlib import Path
+from string import Formatter
+
+_FORMATTER = Formatter()
 
 # --------------------------------------------------------------------------------------------
 # resources
@@ -96,7 +99,8 @@ ORGS = (
     "the Red Cross", "the United Nations", "the World Bank", "the health ministry",
     "the interior ministry", "the city council", "the fire department", "the police",
     "the education ministry", "the transport authority", "the national railway", "the army",
-    "the local hospital", "the labor union",
+    "the local hospital", "the labor union", "UNICEF", "Oxfam", "Amnesty International",
+    "Doctors Without Borders",
 )
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 EVENTS = {  # noun -> actions that fit it
@@ -212,6 +216,12 @@ def _covered(slots: frozenset, known: frozenset) -> bool:
 
 
 def render(t: Template, fact: Fact, rng: random.Random) -> str:
+    """``t`` filled with ``fact``'s values (numbers as digits or words, chosen per sentence)."""
+    return _render(t, fact, rng)[0]
+
+
+def _render(t: Template, fact: Fact, rng: random.Random) -> tuple[str, list[tuple[str, int, int]]]:
+    """The sentence and the ``(slot, start, end)`` character span of every filled slot."""
     words = rng.random() < 0.5  # numbers as words ("twelve") or digits ("12"), per sentence
     v = dict(fact.values)
     for k in NUMERIC_SLOTS:
@@ -219,7 +229,13 @@ def render(t: Template, fact: Fact, rng: random.Random) -> str:
             v[k] = number_text(v[k], words)
     if "person" in v:
         v["last"] = v["person"].split()[-1]
-    return _cap(t.text.format(**v))
+    text, spans = "", []
+    for literal, field, _, _ in _FORMATTER.parse(t.text):
+        text += literal
+        if field is not None:
+            spans.append((field, len(text), len(text) + len(v[field])))
+            text += v[field]
+    return _cap(text), spans
 
 
 def event_fact(rng: random.Random, city: str | None = None) -> Fact:
@@ -268,7 +284,7 @@ def news_prefix(rng: random.Random) -> tuple[str, str | None, str | None]:
 
 
 def _statement(fact: Fact, known: frozenset, last: str | None, rng: random.Random,
-               intro: bool) -> tuple[str, Template]:
+               intro: bool) -> tuple[str, list, Template]:
     intros, every = TEMPLATES[fact.kind]
     if intro:
         pool = list(intros)
@@ -276,48 +292,82 @@ def _statement(fact: Fact, known: frozenset, last: str | None, rng: random.Rando
         pool = [t for t in every if _covered(t.slots, known)] if rng.random() < 0.9 else list(every)
         pool = [t for t in pool if t.text != last] or list(every)
     t = rng.choice(pool)
-    return render(t, fact, rng), t
+    text, spans = _render(t, fact, rng)
+    return text, spans, t
 
 
-def _passage(rng: random.Random, prefix: str, facts: list[Fact], n: int, second_p: float) -> str:
-    """``n`` sentences: the first fact introduced, then restatements, maybe introducing the second."""
+def _passage(rng: random.Random, prefix: str, facts: list[Fact], n: int,
+             second_p: float) -> tuple[str, list[tuple[str, int, int]]]:
+    """``n`` sentences: the first fact introduced, then restatements, maybe introducing the second.
+
+    Also returns ``(slot, start, end)`` character spans of restated slot values (values already in
+    the text before: what a teacher must copy from its context), used to weight the teacher's loss.
+    """
     known = [frozenset(), frozenset()]
     last = [None, None]
     out: list[str] = []
+    text = prefix
+    copies: list[tuple[str, int, int]] = []
     while len(out) < n:
         if not out:
             i = 0
         elif len(facts) > 1 and not known[1]:
             i = 1 if rng.random() < second_p else 0
         else:
-            i = 1 if len(facts) > 1 and rng.random() < 0.55 else 0
+            i = 1 if len(facts) > 1 and rng.random() < 0.4 else 0
         for _ in range(4):
-            s, t = _statement(facts[i], known[i], last[i], rng, intro=not known[i])
+            s, spans, t = _statement(facts[i], known[i], last[i], rng, intro=not known[i])
             if s not in out:
                 break
+        start = len(text) + 1
+        lowered = text.lower()
+        for slot, a, b in spans:
+            if _covered(frozenset([slot]), known[i]) or s[a:b].lower() in lowered:
+                copies.append((slot, start + a, start + b))
         out.append(s)
+        text += " " + s
         known[i] = known[i] | t.slots
         last[i] = t.text
-    return prefix + " " + " ".join(out)
+    return text, copies
 
 
-def news_passage(rng: random.Random) -> str:
+def _news(rng: random.Random):
     prefix, city, country = news_prefix(rng)
     if country is not None and (city is None or rng.random() < 0.2):
         city = rng.choice([c for c, k in _places() if k == country])  # a city of the dateline
     if rng.random() < 0.15:
         city = None  # anywhere
     event = event_fact(rng, city)
-    return _passage(rng, prefix, [event, plan_fact(rng, event)], rng.randint(3, 5), 0.45)
+    return _passage(rng, prefix, [event, plan_fact(rng, event)], rng.randint(3, 5), 0.35)
+
+
+def _bio(rng: random.Random):
+    return _passage(rng, rng.choice(BIO_PREFIXES), [study_fact(rng)], rng.randint(3, 5), 0.0)
+
+
+def _any(rng: random.Random):
+    return _bio(rng) if rng.random() < 0.15 else _news(rng)
+
+
+def news_passage(rng: random.Random) -> str:
+    """A news passage: a dateline prefix, then 3-5 sentences stating and restating two facts."""
+    return _news(rng)[0]
 
 
 def bio_passage(rng: random.Random) -> str:
-    return _passage(rng, rng.choice(BIO_PREFIXES), [study_fact(rng)], rng.randint(3, 5), 0.0)
+    """A bio passage: ``Abstract:``-style prefix, then 3-5 sentences about one study."""
+    return _bio(rng)[0]
 
 
 def passage(rng: random.Random) -> str:
     """One synthetic passage: mostly news with a dateline prefix, sometimes a bio abstract."""
-    return bio_passage(rng) if rng.random() < 0.15 else news_passage(rng)
+    return _any(rng)[0]
+
+
+def corpus_marked(n: int, seed: int | random.Random) -> list[tuple[str, list[tuple[str, int, int]]]]:
+    """``n`` passages with the ``(slot, start, end)`` spans of their restated (copied) values."""
+    rng = seed if isinstance(seed, random.Random) else random.Random(seed)
+    return [_any(rng) for _ in range(n)]
 
 
 def corpus(n: int, seed: int) -> list[str]:
@@ -370,13 +420,13 @@ def nli_pair(rng: random.Random) -> tuple[str, str, int]:
     every = TEMPLATES[fact.kind][1]
     p = rng.choice(every)
     premise = render(p, fact, rng)
+    covered = [t for t in every if _covered(t.slots, p.slots)]
+    # half of the entailments / contradictions are minimal pairs: the premise's own template
+    h = p if rng.random() < 0.5 else rng.choice(covered)
     r = rng.random()
     if r < 0.42:
-        h = rng.choice([t for t in every if _covered(t.slots, p.slots)])
         return premise, render(h, fact, rng), LABEL_IDS["entailment"]
     if r < 0.77:
-        pool = [t for t in every if _covered(t.slots, p.slots)]
-        h = rng.choice(pool)
         shared = [s for s in _CHANGEABLE
                   if s in h.slots and (s in p.slots or (s == "last" and "person" in p.slots))]
         weights = [6.0 if s in NUMERIC_SLOTS else 1.0 for s in shared]
@@ -387,3 +437,513 @@ def nli_pair(rng: random.Random) -> tuple[str, str, int]:
         return premise, render(rng.choice(extra), fact, rng), LABEL_IDS["neutral"]
     other = random_fact(rng)
     return premise, render(rng.choice(TEMPLATES[other.kind][1]), other, rng), LABEL_IDS["neutral"]
+
+
+# --------------------------------------------------------------------------------------------
+# recipes
+
+NAMES = ("tiny-gpt2", "tiny-nli", "tiny-t5")
+SPECIAL_TOKENS = ("<|endoftext|>", "<pad>", "<s>", "</s>", "<unk>", "<mask>")  # ids 0..5
+EOT, PAD, BOS, EOS, UNK, MASK = range(6)
+# Builds run single-threaded: the bytes then do not depend on the core count, and a busy machine
+# (CI running other jobs) does not stall OpenMP barriers -- with 2 threads and one core taken,
+# a training step was measured ~20x slower than with 1 thread.
+NUM_THREADS = 1
+RECIPE_VERSION = 1
+
+TOKENIZER_RECIPE = {"vocab_size": 1600, "min_frequency": 2, "passages": 6000, "seed": 11}
+RECIPES: dict[str, dict] = {
+    "tiny-gpt2": {
+        "tokenizer": TOKENIZER_RECIPE,
+        "config": {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_inner": 128, "n_positions": 256},
+        "train": {"seed": 1234, "data_seed": 21, "batch_size": 32, "lr": 8e-3, "warmup": 30,
+                  "weight_decay": 0.01, "copy_weight": 10.0,
+                  # adaptive length: stop (after a short anneal) once the held-out copy accuracy
+                  # reaches the targets, at most ``steps`` steps
+                  "steps": 900, "min_steps": 200, "check_every": 25, "anneal": 60,
+                  "check_passages": 128,
+                  "copy_targets": {"numbers": 0.8, "names": 0.8, "places": 0.8}},
+    },
+    "tiny-nli": {
+        "tokenizer": TOKENIZER_RECIPE,
+        "config": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                   "intermediate_size": 128, "max_positions": 256},
+        "train": {"seed": 4321, "data_seed": 31, "steps": 1000, "batch_size": 32, "lr": 3e-3,
+                  "warmup": 30, "weight_decay": 0.01, "aux_weight": 2.0, "match_init": 6.0},
+    },
+    "tiny-t5": {
+        "tokenizer": TOKENIZER_RECIPE,
+        "config": {"d_model": 64, "d_kv": 32, "d_ff": 128, "num_layers": 2, "num_decoder_layers": 2,
+                   "num_heads": 2, "dropout_rate": 0.0},
+        "train": {"seed": 777},
+    },
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _source_digest() -> str:
+    """What a build depends on besides its recipe: this file and the resource files."""
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    for name in ("news_outlets.txt", "places.tsv"):
+        h.update(_resource_text(name).encode())
+    return h.hexdigest()
+
+
+def recipe_hash(name: str) -> str:
+    """Short hash of ``name``'s recipe (and of the code and data that build it)."""
+    if name not in RECIPES:
+        raise KeyError(f"unknown tiny model {name!r}; known: {', '.join(NAMES)}")
+    blob = json.dumps({"name": name, "version": RECIPE_VERSION, "recipe": RECIPES[name],
+                       "source": _source_digest()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------
+# build helpers
+
+
+@contextlib.contextmanager
+def _deterministic(seed: int):
+    """Seeded, fixed-thread-count, deterministic torch; the caller's settings are restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    det = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    with torch.random.fork_rng(devices=[]):
+        torch.set_num_threads(NUM_THREADS)
+        torch.use_deterministic_algorithms(True)
+        # Denormal floats (tiny Adam moments of rare tokens) make CPU math 10-100x slower.
+        torch.set_flush_denormal(True)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            torch.set_flush_denormal(False)
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(det, warn_only=warn_only)
+
+
+def train_bpe(recipe: dict = TOKENIZER_RECIPE):
+    """A byte-level BPE ``tokenizers.Tokenizer`` trained on the synthetic corpus (deterministic)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=recipe["vocab_size"], min_frequency=recipe["min_frequency"],
+        special_tokens=list(SPECIAL_TOKENS), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False)
+    texts = corpus(recipe["passages"], recipe["seed"])
+    nli_rng = random.Random(recipe["seed"] + 1)
+    texts += [" ".join(nli_pair(nli_rng)[:2]) for _ in range(recipe["passages"] // 4)]
+    tok.train_from_iterator(texts, trainer)
+    for i, t in enumerate(SPECIAL_TOKENS):
+        assert tok.token_to_id(t) == i, (t, tok.token_to_id(t))
+    return tok
+
+
+def _flavour(raw, flavour: str):
+    """(tokenizers.Tokenizer, PreTrainedTokenizerFast) set up for "gpt2" | "nli" | "t5"."""
+    from tokenizers import Tokenizer, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_str(raw.to_str())
+    if flavour == "gpt2":
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        special = dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                       unk_token="<|endoftext|>", pad_token="<pad>")
+    elif flavour == "nli":  # RoBERTa: <s> A </s></s> B </s>, a space before the first word
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.post_processor = processors.RobertaProcessing(
+            ("</s>", EOS), ("<s>", BOS), trim_offsets=False, add_prefix_space=True)
+        special = dict(bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+                       unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+    elif flavour == "t5":  # T5: A </s>
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", EOS)])
+        special = dict(eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    else:
+        raise ValueError(flavour)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=256, **special)
+    return tok, fast
+
+
+def _save_tokenizer(fast, out: Path) -> None:
+    fast.save_pretrained(str(out))
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"  # loadable by transformers 4.x and 5.x
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def _save_model(model, out: Path) -> None:
+    import inspect
+
+    kwargs = {}
+    if "safe_serialization" in inspect.signature(model.save_pretrained).parameters:
+        kwargs["safe_serialization"] = True
+    model.save_pretrained(str(out), **kwargs)
+
+
+def _schedule(step: int, steps: int, warmup: int) -> float:
+    import math
+
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _pad(seqs: list[list[int]], pad: int):
+    import torch
+
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def _bucketed(columns: list[list], batch_size: int, seed: int) -> list[list]:
+    """Reorder rows so each batch holds sequences of similar length (less padding), batches in
+    a seeded random order. ``columns[0]`` holds the sequences."""
+    n, group = len(columns[0]), batch_size * 16
+    order: list[list[int]] = []
+    for lo in range(0, n, group):
+        idx = sorted(range(lo, min(n, lo + group)), key=lambda i: (len(columns[0][i]), i))
+        order += [idx[i: i + batch_size] for i in range(0, len(idx), batch_size)]
+    random.Random(seed).shuffle(order)
+    flat = [i for batch in order for i in batch]
+    return [[col[i] for i in flat] for col in columns]
+
+
+def _train(model, loss_at, train: dict, log=None, extra=None, ready=None) -> int:
+    """AdamW on ``loss_at(step)`` (the loss tensor of a step's batch); returns the steps taken.
+
+    Without ``ready``: linear warmup, then cosine decay to 10% over ``train["steps"]``.
+    With ``ready`` (a callable giving ``(done, message)``, asked every ``check_every`` steps from
+    ``min_steps``): warmup, constant rate until ``ready`` says done (or ``steps - anneal`` is
+    reached), then a linear decay to 10% over ``anneal`` more steps. Training thus stops once
+    the model can do what it is built for, whatever the speed of the machine's arithmetic.
+    ``extra``: a module trained along (an auxiliary head that is not saved).
+    """
+    import torch
+
+    params = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
+    opt = torch.optim.AdamW(params, lr=train["lr"], betas=(0.9, 0.98),
+                            weight_decay=train["weight_decay"], foreach=False)
+    steps, warmup = train["steps"], train["warmup"]
+    anneal_from: int | None = None
+    losses: list[float] = []
+    model.train()
+    step = 0
+    while True:
+        if ready is None:
+            factor = _schedule(step, steps, warmup)
+        elif step < warmup:
+            factor = (step + 1) / warmup
+        elif anneal_from is None:
+            factor = 1.0
+        else:
+            factor = 1.0 - 0.9 * (step - anneal_from) / train["anneal"]
+        for group in opt.param_groups:
+            group["lr"] = train["lr"] * factor
+        loss = loss_at(step)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=False)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        step += 1
+        if log is not None and step % 50 == 0:
+            log(f"step {step} loss {sum(losses[-50:]) / 50:.3f}")
+        if ready is None:
+            if step >= steps:
+                break
+        elif anneal_from is None:
+            if step >= steps - train["anneal"]:
+                anneal_from = step
+                if log is not None:
+                    log(f"step {step}: step cap reached, annealing")
+            elif step >= train["min_steps"] and step % train["check_every"] == 0:
+                model.eval()
+                done, message = ready()
+                model.train()
+                if log is not None:
+                    log(f"step {step}: {message}")
+                if done:
+                    anneal_from = step
+        elif step - anneal_from >= train["anneal"]:
+            break
+    model.eval()
+    return step
+
+
+class _Stream:
+    """Training batches made on demand, chunk by chunk, from one seeded generator (so the data
+    of step ``k`` never depends on how many steps are eventually taken)."""
+
+    def __init__(self, make_chunk, chunk_steps: int):
+        self.make_chunk, self.chunk_steps = make_chunk, chunk_steps
+        self.batches: list = []
+
+    def __getitem__(self, step: int):
+        while step >= len(self.batches):
+            self.batches += self.make_chunk(self.chunk_steps)
+        return self.batches[step]
+
+
+# --------------------------------------------------------------------------------------------
+# builders
+
+
+_COPY_GROUPS = {"num": "numbers", "amt": "numbers", "pct": "numbers", "weeks": "numbers",
+                "last": "names", "person": "names", "city": "places"}
+
+
+def _number_values(tok) -> dict[int, int]:
+    """Token id -> value, for tokens that spell a number ("12", "twelve", "Twelve")."""
+    words = {w: n for n, w in NUMBER_WORDS.items()}
+    out = {}
+    for t, i in tok.get_vocab().items():
+        w = t.lstrip("\u0120").lower()
+        if w.isascii() and w.isdigit():
+            out[i] = int(w)
+        elif w in words:
+            out[i] = words[w]
+    return out
+
+
+def _encode_passages(tok, marked, n_positions: int, copy_weight: float):
+    """Token ids + ``<|endoftext|>``, per-token loss weights (``copy_weight`` on restated values),
+    and ``(token index, slot)`` of the first token of every restated value."""
+    seqs, weights, firsts = [], [], []
+    for e, (_, spans) in zip(tok.encode_batch([t for t, _ in marked]), marked):
+        ids, offs = e.ids[: n_positions - 1], e.offsets[: n_positions - 1]
+        w, first = [1.0] * (len(ids) + 1), []
+        for slot, a2, b2 in spans:
+            hit = [j for j, (a, b) in enumerate(offs) if a < b2 and b > a2]
+            for j in hit:
+                w[j] = copy_weight
+            if hit:
+                first.append((hit[0], slot))
+        seqs.append(ids + [EOT])
+        weights.append(w)
+        firsts.append(first)
+    return seqs, weights, firsts
+
+
+def _batch(seqs, weights):
+    import torch
+
+    ids, mask = _pad(seqs, PAD)
+    w = torch.zeros(ids.shape)
+    for i, ws in enumerate(weights):
+        w[i, : len(ws)] = torch.tensor(ws)
+    return ids, mask, w
+
+
+def _build_gpt2(out: Path, recipe: dict, log=None) -> None:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    raw = train_bpe(recipe["tokenizer"])
+    tok, fast = _flavour(raw, "gpt2")
+    c, tr = recipe["config"], recipe["train"]
+    config = GPT2Config(
+        vocab_size=tok.get_vocab_size(), n_positions=c["n_positions"], n_embd=c["n_embd"],
+        n_layer=c["n_layer"], n_head=c["n_head"], n_inner=c["n_inner"], resid_pdrop=0.0,
+        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=EOT, eos_token_id=EOT, pad_token_id=PAD)
+    bs = tr["batch_size"]
+
+    # Tokens that restate a value already in the passage (the ones the teacher must copy from its
+    # context) weigh ``copy_weight`` times more in the loss: copying is what makes continuations
+    # of one context paraphrases, and a plain loss takes a tiny model much longer to learn it.
+    data_rng = random.Random(tr["data_seed"])
+
+    def make_chunk(steps: int) -> list:
+        marked = corpus_marked(steps * bs, data_rng)
+        seqs, weights, _ = _encode_passages(tok, marked, c["n_positions"], tr["copy_weight"])
+        seqs, weights = _bucketed([seqs, weights], bs, data_rng.randrange(2**31))
+        return [_batch(seqs[i: i + bs], weights[i: i + bs]) for i in range(0, len(seqs), bs)]
+
+    stream = _Stream(make_chunk, tr["check_every"] * 4)
+
+    def loss_at(step: int):
+        ids, mask, w = stream[step]
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+        return (nll * w[:, 1:].reshape(-1)).sum() / mask[:, 1:].sum()
+
+    # Held-out check: how often the next-token argmax at the first token of a restated number,
+    # name or city is the value from the context (a number in either spelling counts).
+    held = corpus_marked(tr["check_passages"], tr["data_seed"] + 1)
+    h_seqs, h_weights, h_firsts = _encode_passages(tok, held, c["n_positions"], 1.0)
+    values = _number_values(tok)
+
+    def ready():
+        hits: dict[str, list[bool]] = {}
+        with torch.no_grad():
+            for lo in range(0, len(h_seqs), 64):
+                ids, mask, _ = _batch(h_seqs[lo: lo + 64], h_weights[lo: lo + 64])
+                pred = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
+                for r, first in enumerate(h_firsts[lo: lo + 64]):
+                    for j, slot in first:
+                        group = _COPY_GROUPS.get(slot)
+                        if group and j > 0:
+                            p, y = int(pred[r, j - 1]), int(ids[r, j])
+                            hits.setdefault(group, []).append(
+                                p == y or (y in values and values.get(p) == values[y]))
+        acc = {g: sum(v) / len(v) for g, v in sorted(hits.items())}
+        done = all(acc.get(g, 0.0) >= t for g, t in tr["copy_targets"].items())
+        return done, "copy accuracy " + ", ".join(f"{g} {a:.2f}" for g, a in acc.items())
+
+    with _deterministic(tr["seed"]):
+        model = GPT2LMHeadModel(config)
+        _train(model, loss_at, tr, log, ready=ready)
+    model.generation_config.pad_token_id = PAD
+    _save_model(model, out)
+    _save_tokenizer(fast, out)
+
+
+def _build_nli(out: Path, recipe: dict, log=None) -> None:
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+    import torch
+
+    raw = train_bpe(recipe["tokenizer"])
+    tok, fast = _flavour(raw, "nli")
+    c, tr = recipe["config"], recipe["train"]
+    config = RobertaConfig(
+        vocab_size=tok.get_vocab_size(), hidden_size=c["hidden_size"],
+        num_hidden_layers=c["num_hidden_layers"], num_attention_heads=c["num_attention_heads"],
+        intermediate_size=c["intermediate_size"],
+        max_position_embeddings=c["max_positions"] + PAD + 1, type_vocab_size=1,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0,
+        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, num_labels=len(LABELS),
+        id2label=dict(LABELS), label2id=dict(LABEL_IDS))
+    rng = random.Random(tr["data_seed"])
+    pairs = [nli_pair(rng) for _ in range(tr["steps"] * tr["batch_size"])]
+    encs = tok.encode_batch([(p, h) for p, h, _ in pairs])
+    # Auxiliary per-token target (a throw-away linear head on the last layer): does this
+    # hypothesis token's word occur in the premise (numbers: as digits or as a word)? It gives
+    # a dense signal for token matching, which the 3-way label alone teaches a tiny model slowly.
+    canon = {**{w: str(n) for n, w in NUMBER_WORDS.items()}}
+    vocab = {i: canon.get(t.lstrip("\u0120").lower(), t.lstrip("\u0120").lower())
+             for t, i in tok.get_vocab().items()}
+    enc, aux = [], []
+    for e in encs:
+        ids, seq = e.ids[: c["max_positions"]], e.sequence_ids[: c["max_positions"]]
+        premise = {vocab[i] for i, q in zip(ids, seq) if q == 0}
+        enc.append(ids)
+        aux.append([-1.0 if q != 1 else float(vocab[i] not in premise) for i, q in zip(ids, seq)])
+    enc, aux, labels = _bucketed([enc, aux, [y for _, _, y in pairs]], tr["batch_size"],
+                                 tr["data_seed"])
+
+    def loss_at(step: int):
+        lo, hi = step * tr["batch_size"], (step + 1) * tr["batch_size"]
+        ids, mask = _pad(enc[lo:hi], PAD)
+        y = torch.tensor(labels[lo:hi], dtype=torch.long)
+        out = model(input_ids=ids, attention_mask=mask, labels=y, output_hidden_states=True)
+        if not tr["aux_weight"]:
+            return out.loss
+        target = torch.full(ids.shape, -1.0)
+        for i, a in enumerate(aux[lo:hi]):
+            target[i, : len(a)] = torch.tensor(a)
+        keep = target >= 0
+        logit = head(out.hidden_states[-1]).squeeze(-1)[keep]
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, target[keep])
+        return out.loss + tr["aux_weight"] * bce
+
+    with _deterministic(tr["seed"]):
+        model = RobertaForSequenceClassification(config)
+        head = torch.nn.Linear(config.hidden_size, 1)
+        _match_init(model, tr.get("match_init", 0.0))
+        _train(model, loss_at, tr, log, extra=head)
+    _save_model(model, out)
+    _save_tokenizer(fast, out)
+
+
+def _match_init(model, scale: float) -> None:
+    """Make the first layer's attention look for the same token elsewhere (query = key weights,
+    scaled up), so comparing hypothesis tokens with premise tokens -- the heart of this synthetic
+    NLI -- is there from the start instead of being discovered slowly."""
+    import torch
+
+    if not scale:
+        return
+    attn = model.roberta.encoder.layer[0].attention.self
+    with torch.no_grad():
+        attn.query.weight.mul_(scale)
+        attn.key.weight.copy_(attn.query.weight)
+        attn.query.bias.zero_()
+        attn.key.bias.zero_()
+
+
+def _build_t5(out: Path, recipe: dict, log=None) -> None:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    raw = train_bpe(recipe["tokenizer"])
+    tok, fast = _flavour(raw, "t5")
+    c = recipe["config"]
+    config = T5Config(vocab_size=tok.get_vocab_size(), pad_token_id=PAD, eos_token_id=EOS,
+                      decoder_start_token_id=PAD, **c)
+    with _deterministic(recipe["train"]["seed"]):
+        model = T5ForConditionalGeneration(config)
+    model.eval()
+    model.generation_config.decoder_start_token_id = PAD
+    model.generation_config.pad_token_id = PAD
+    model.generation_config.eos_token_id = EOS
+    _save_model(model, out)
+    _save_tokenizer(fast, out)
+
+
+_BUILDERS = {"tiny-gpt2": _build_gpt2, "tiny-nli": _build_nli, "tiny-t5": _build_t5}
+
+
+def build(name: str, out_dir: str | os.PathLike, log=None) -> Path:
+    """Build tiny model ``name`` into ``out_dir`` (created; should be empty). Deterministic.
+
+    Prefer :func:`distill.models.resolve`, which caches, locks and builds atomically.
+    """
+    if name not in _BUILDERS:
+        raise KeyError(f"unknown tiny model {name!r}; known: {', '.join(NAMES)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    _BUILDERS[name](out, RECIPES[name], log)
+    (out / "tiny_recipe.json").write_text(json.dumps(
+        {"name": name, "hash": recipe_hash(name), "recipe": RECIPES[name]},
+        indent=2, sort_keys=True) + "\n")
+    if log is not None:
+        log(f"built {name} in {time.perf_counter() - t0:.1f}s")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m distill.tiny",
+                                 description="Build the tiny test models into the distill cache.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="build (if missing) and print the cache paths")
+    b.add_argument("names", nargs="*", metavar="NAME", help=f"default: all of {', '.join(NAMES)}")
+    args = ap.parse_args(argv)
+    from distill.models import resolve
+
+    for name in args.names or NAMES:
+        if name not in RECIPES:
+            ap.error(f"unknown tiny model {name!r}; known: {', '.join(NAMES)}")
+        t0 = time.perf_counter()
+        path = resolve(name)
+        print(f"{name}\t{path}\t{time.perf_counter() - t0:.1f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

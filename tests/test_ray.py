@@ -18,6 +18,7 @@ from distill.store import RunDir
 from test_run import assert_same_corpus
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
+ONE_ROUND = ["rounds=1"]  # round 0 is the same whatever the number of rounds; one round keeps these tests short
 
 ray = pytest.importorskip("ray")
 
@@ -66,7 +67,7 @@ def _run_in_thread(cfg_path: Path, out: Path, address: str):
 
     def target():
         try:
-            box["result"] = run_rounds_ray(load_config(cfg_path), out, address=address, progress=False)
+            box["result"] = run_rounds_ray(load_config(cfg_path, ONE_ROUND), out, address=address, progress=False)
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             box["error"] = exc
 
@@ -112,7 +113,7 @@ def test_worker_killed_mid_stage_is_retried(smoke_run, ray_cluster, tmp_path):
 def test_driver_killed_resumes(smoke_run, ray_cluster, tmp_path):
     out = tmp_path / "killed-driver"
     env = {**ray_cluster["env"], "RAY_ADDRESS": ray_cluster["address"]}
-    proc = subprocess.Popen(distill_cmd("run", str(SMOKE), "--out", str(out), "--ray", "--quiet"), cwd=REPO, env=env,
+    proc = subprocess.Popen(distill_cmd("run", str(SMOKE), "--out", str(out), "--ray", "--quiet", "--set", "rounds=1"), cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cand = RunDir(out).stage(0, "candidates")
     deadline = time.time() + 600
@@ -122,7 +123,7 @@ def test_driver_killed_resumes(smoke_run, ray_cluster, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = len(cand.done_shards())
-    res = run_cli("run", str(SMOKE), "--out", str(out), "--ray", "--quiet", env=env)
+    res = run_cli("run", str(SMOKE), "--out", str(out), "--ray", "--quiet", "--set", "rounds=1", env=env)
     assert "reused" in res.stdout and done_before >= 1
     assert_same_corpus(smoke_run, out)
 
@@ -146,7 +147,8 @@ def test_ray_job_submit(smoke_run, ray_cluster, tmp_path):
     out = tmp_path / "job"
     ray_bin = str(Path(sys.executable).parent / "ray")
     proc = subprocess.run([ray_bin, "job", "submit", "--address", ray_cluster["dashboard"], "--working-dir", ".",
-                           "--", "distill", "run", "configs/smoke.yaml", "--ray", "--quiet", "--out", str(out)],
+                           "--", "distill", "run", "configs/smoke.yaml", "--ray", "--quiet", "--set", "rounds=1",
+                           "--out", str(out)],
                           cwd=REPO, env=ray_cluster["env"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in (proc.stdout + proc.stderr).lower()

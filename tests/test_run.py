@@ -63,19 +63,41 @@ def test_smoke_run_writes_both_corpora_and_a_funnel(smoke_run):
         assert sorted(manifest["shards"]) == ["part-00000", "part-00001", "part-00002"]
 
 
+def test_two_rounds_two_students_and_round1_pairs(smoke_run):
+    for r in (0, 1):
+        student = smoke_run / f"round-{r}" / "student"
+        assert (student / "model.safetensors").is_file() and (student / "tokenizer.json").is_file()
+        metrics = json.loads((student / "metrics.json").read_text())
+        assert metrics["train_pairs"] > 0 and metrics["train_loss"] == metrics["train_loss"]  # not NaN
+    assert not list(smoke_run.glob("round-*/student/*.bin"))  # safetensors only
+    r1 = pd.concat([pd.read_parquet(p) for p in (smoke_run / "round-1" / "critique").glob("part-*.parquet")])
+    assert len(r1) > 0 and set(r1["round"]) == {1} and set(r1["generator"]) == {"student:round-0"}
+    assert set(r1["task"]) == {"paraphrase", "summary"}
+    funnel = json.loads((smoke_run / "round-1" / "funnel.json").read_text())
+    assert funnel["round"] == 1 and sum(funnel["kept"].values()) > 0  # the student's pairs pass the critics
+    # round 1's records are held out from round 0's
+    ctx0 = set(pd.concat([pd.read_parquet(p) for p in (smoke_run / "round-0" / "contexts").glob("*.parquet")])["record_id"])
+    ctx1 = set(pd.concat([pd.read_parquet(p) for p in (smoke_run / "round-1" / "contexts").glob("*.parquet")])["record_id"])
+    assert ctx0 and ctx1 and not ctx0 & ctx1
+    # the student answers on the command line
+    proc = run_cli("generate", str(smoke_run / "round-1" / "student"), "Police said 12 people were hurt.", "-n", "2")
+    assert len(proc.stdout.strip().splitlines()) == 2
+
+
 def test_rerun_of_a_finished_run_computes_nothing(smoke_run, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(smoke_run, run)
     before = {p: p.stat().st_mtime_ns for p in run.glob("round-0/*/part-*.parquet")}
     proc = run_cli("run", str(SMOKE), "--out", str(run), "--quiet")
-    assert "computed 0 shard(s), reused 12" in proc.stdout
+    assert "computed 0 shard(s), reused 21" in proc.stdout  # 4 stages x 3 shards in round 0, 3 x 3 in round 1
     assert before == {p: p.stat().st_mtime_ns for p in run.glob("round-0/*/part-*.parquet")}
     assert_same_corpus(smoke_run, run)
 
 
 def test_killed_run_resumes_to_the_same_corpus(smoke_run, tmp_path):
     run = tmp_path / "killed"
-    proc = subprocess.Popen(distill_cmd("run", str(SMOKE), "--out", str(run), "--quiet"), cwd=REPO,
+    one_round = ("--set", "rounds=1")  # round 0 is the same whatever the number of rounds
+    proc = subprocess.Popen(distill_cmd("run", str(SMOKE), "--out", str(run), "--quiet", *one_round), cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cand = RunDir(run).stage(0, "candidates")
     deadline = time.time() + 600
@@ -85,7 +107,7 @@ def test_killed_run_resumes_to_the_same_corpus(smoke_run, tmp_path):
     proc.send_signal(signal.SIGKILL)  # mid-stage: candidates shard 1 is being generated
     proc.wait()
     assert not (run / "round-0" / "funnel.json").exists()
-    out = run_cli("run", str(SMOKE), "--out", str(run), "--quiet")
+    out = run_cli("run", str(SMOKE), "--out", str(run), "--quiet", *one_round)
     assert "reused" in out.stdout
     assert_same_corpus(smoke_run, run)
 
