@@ -366,8 +366,15 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fingerprint(cfg: TrainConfig, init: str, seed: int, world: int, train: pd.DataFrame, val: pd.DataFrame) -> dict:
-    return {"train": cfg.model_dump(mode="json"), "init": str(init), "seed": int(seed), "world_size": world,
+def _init_key(init: str, out_dir: Path) -> str:
+    """``init`` as recorded: a local folder relative to ``out_dir`` (so a moved run folder still matches)."""
+    p = Path(init)
+    return os.path.relpath(p.resolve(), Path(out_dir).resolve()) if p.exists() else str(init)
+
+
+def _fingerprint(cfg: TrainConfig, init: str, seed: int, world: int, train: pd.DataFrame, val: pd.DataFrame,
+                 out_dir: Path) -> dict:
+    return {"train": cfg.model_dump(mode="json"), "init": _init_key(init, out_dir), "seed": int(seed), "world_size": world,
             "train_pairs": len(train), "validation_pairs": len(val), "data_sha256": _data_digest(train),
             "format": format_spec()}
 
@@ -410,7 +417,7 @@ class _Trainer:
         self.train, self.val = split_pairs(pairs, cfg.validation_fraction)
         if len(self.train) == 0:
             raise ValueError("no training pairs (all pairs were held out or the table is empty)")
-        self.fp = _fingerprint(cfg, init, seed, dist.world, self.train, self.val)
+        self.fp = _fingerprint(cfg, init, seed, dist.world, self.train, self.val, self.out_dir)
         self.micro: int | None = None  # largest micro-batch that fit (set after an OOM)
 
     # -- data ---------------------------------------------------------------------------------------
@@ -582,7 +589,7 @@ def _stored(out_dir: Path, cfg: TrainConfig, init: str, seed: int, world: int, p
         return None
     stored = json.loads((out_dir / "training_config.json").read_text())
     train, val = split_pairs(pairs, cfg.validation_fraction)
-    diff = _same_run(stored, _fingerprint(cfg, init, seed, world, train, val))
+    diff = _same_run(stored, _fingerprint(cfg, init, seed, world, train, val, Path(out_dir)))
     if diff:
         raise ValueError(f"{out_dir} holds a student trained with other settings (differs in: {', '.join(diff)}); "
                          "use another output folder")
