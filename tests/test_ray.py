@@ -1,6 +1,7 @@
 """Round 0 on a real local Ray cluster (started on 127.0.0.1 by a fixture, stopped by PID after)."""
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -36,6 +37,11 @@ def ray_cluster():
     """A head node on loopback with its own temp dir; every process under it is killed by PID after."""
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay under 107 bytes
     port, dash = _free_port(), _free_port()
+    # token authentication on, as on a real cluster: the head, this driver and every subprocess share the token
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    mp = pytest.MonkeyPatch()
+    for k, v in auth.items():
+        mp.setenv(k, v)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
     subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
                     f"--port={port}", "--num-cpus=4", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
@@ -47,6 +53,7 @@ def ray_cluster():
     finally:
         if ray.is_initialized():
             ray.shutdown()
+        mp.undo()
         victims = [p for p in psutil.process_iter(["pid", "cmdline"])
                    if any(temp in (arg or "") for arg in (p.info["cmdline"] or []))]
         for p in victims:
@@ -146,10 +153,13 @@ def test_failing_shard_is_named_on_ray(smoke_run, ray_cluster, tmp_path):
 def test_ray_job_submit(smoke_run, ray_cluster, tmp_path):
     out = tmp_path / "job"
     ray_bin = str(Path(sys.executable).parent / "ray")
-    proc = subprocess.run([ray_bin, "job", "submit", "--address", ray_cluster["dashboard"], "--working-dir", ".",
-                           "--", "distill", "run", "configs/smoke.yaml", "--ray", "--quiet", "--set", "rounds=1",
-                           "--out", str(out)],
-                          cwd=REPO, env=ray_cluster["env"], capture_output=True, text=True, timeout=900)
+    cmd = [ray_bin, "job", "submit", "--address", ray_cluster["dashboard"], "--working-dir", ".",
+           "--", "distill", "run", "configs/smoke.yaml", "--ray", "--quiet", "--set", "rounds=1", "--out", str(out)]
+    for _ in range(30):  # the head's job agent may still be starting
+        proc = subprocess.run(cmd, cwd=REPO, env=ray_cluster["env"], capture_output=True, text=True, timeout=900)
+        if "No available agent" not in proc.stderr + proc.stdout:
+            break
+        time.sleep(2)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in (proc.stdout + proc.stderr).lower()
     assert_same_corpus(smoke_run, out)
