@@ -19,6 +19,11 @@ from distill.store import RunDir
 from test_run import assert_same_corpus
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+if not os.environ.get("DISTILL_RAY_TESTS"):
+    # Opt-in until they have been seen green on a 2-core CI machine (see the README's test section):
+    #   DISTILL_RAY_TESTS=1 python -m pytest -q tests/test_ray.py
+    pytest.skip("Ray cluster tests are opt-in: set DISTILL_RAY_TESTS=1", allow_module_level=True)
 ONE_ROUND = ["rounds=1"]  # round 0 is the same whatever the number of rounds; one round keeps these tests short
 
 ray = pytest.importorskip("ray")
