@@ -30,7 +30,7 @@ from distill.runner import (RunResult, ShardError, _Progress, critique_config, f
 from distill.store import RunDir, shard_name
 
 # model stages run in actor pools; the others are stateless CPU tasks
-ACTOR_STAGES = ("contexts", "candidates", "student", "critique")
+ACTOR_STAGES = ("contexts", "candidates", "student_pairs", "critique")
 RETRIES = 3
 
 
@@ -189,7 +189,7 @@ def _stream_round(cfg: RunConfig, run: RunDir, r: int, n: int, result: RunResult
 
 
 def _resources(cfg: RunConfig, stage: str):
-    return {"contexts": cfg.contexts, "candidates": cfg.candidates, "student": cfg.student,
+    return {"contexts": cfg.contexts, "candidates": cfg.candidates, "student_pairs": cfg.student,
             "critique": cfg.critique}[stage].resources
 
 

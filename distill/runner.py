@@ -1,7 +1,7 @@
 """Runs the rounds shard by shard into a run folder, skipping what is already done.
 
 Round 0: contexts -> candidates -> pairs -> critique (teacher continuations).
-Round r >= 1: contexts -> student -> critique (the previous round's student rewrites held-out records).
+Round r >= 1: contexts -> student_pairs -> critique (the previous round's student rewrites held-out records).
 Each round ends with selection into its corpus and the training of that round's student.
 
 Shard ``i`` of every stage is made from shard ``i`` of the stage before, so a shard's lineage is
@@ -25,7 +25,7 @@ from distill.config import ConfigError, RunConfig
 from distill.store import RunDir, atomic_write_text, shard_name
 
 ROUND0_STAGES = ("contexts", "candidates", "pairs", "critique")
-STUDENT_STAGES = ("contexts", "student", "critique")
+STUDENT_STAGES = ("contexts", "student_pairs", "critique")  # student_pairs: the previous student's candidates
 
 
 def round_stages(round_: int) -> tuple[str, ...]:
@@ -73,7 +73,7 @@ def make_stage(name: str, cfg: RunConfig, round_: int = 0, run: RunDir | None = 
         from distill.stages.critique import CritiqueStage
 
         return CritiqueStage(critique_config(cfg, round_), prescored=prescored)
-    if name == "student":
+    if name == "student_pairs":
         from distill.stages.student import StudentStage
 
         if run is None:
@@ -84,7 +84,7 @@ def make_stage(name: str, cfg: RunConfig, round_: int = 0, run: RunDir | None = 
                             device=pick_device(cfg.train.student.device), tasks=tuple(cfg.tasks),
                             max_sentences_per_passage=cfg.candidates.max_sentences_per_passage,
                             generator=f"student:round-{round_ - 1}")
-    raise ValueError(f"unknown stage '{name}' (allowed: {', '.join(ROUND0_STAGES + ('student',))})")
+    raise ValueError(f"unknown stage '{name}' (allowed: {', '.join(ROUND0_STAGES + ('student_pairs',))})")
 
 
 def critique_config(cfg: RunConfig, round_: int):

@@ -50,7 +50,7 @@ def select_round(run: RunDir, cfg: RunConfig, round_: int, shards: list[str]) ->
     from distill.stages.critique import reselect
 
     critique = run.stage(round_, "critique")
-    candidates = run.stage(round_, "candidates" if round_ == 0 else "student")
+    candidates = run.stage(round_, "candidates" if round_ == 0 else "student_pairs")
     funnels = []
     counts = {task: 0 for task in cfg.tasks}
     for name in shards:
