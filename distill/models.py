@@ -53,6 +53,8 @@ def resolve(name_or_path: str) -> str:
     from distill import tiny
 
     if name_or_path not in tiny.RECIPES:
+        if os.path.exists(name_or_path):  # a local folder that happens to be called tiny-...
+            return name_or_path
         raise ValueError(f"unknown tiny model {name_or_path!r}; known: {', '.join(tiny.NAMES)}")
     final = tiny_path(name_or_path)
     if final.is_dir():
@@ -64,14 +66,36 @@ def resolve(name_or_path: str) -> str:
     with FileLock(str(final) + ".lock"):
         if final.is_dir():  # built by another process while we waited
             return str(final)
+        for stale in final.parent.glob(f".{final.name}.*.tmp"):  # left by a killed build
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
         try:
             tiny.build(name_or_path, tmp)
+            os.chmod(tmp, 0o755)  # mkdtemp (and safetensors) make things private; caches may be shared
+            for f in tmp.iterdir():
+                os.chmod(f, 0o644)
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return str(final)
+
+
+def prefetch(names=None, processes: int | None = None) -> dict[str, str]:
+    """Resolve several tiny models (default: all), building the missing ones side by side in
+    spawned processes (each build is single-threaded), e.g. before a test session or in CI.
+    Returns ``{name: folder}``."""
+    from distill import tiny
+
+    names = list(names or tiny.NAMES)
+    missing = [n for n in names if is_tiny(n) and not tiny_path(n).is_dir()]
+    workers = min(len(missing), processes or os.cpu_count() or 1)
+    if workers > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            pool.map(resolve, missing, chunksize=1)
+    return {n: resolve(n) for n in names}
 
 
 # --------------------------------------------------------------------------------------------
