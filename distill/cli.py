@@ -238,14 +238,25 @@ def _print_funnel(summary: dict) -> None:
     from rich.table import Table
 
     tasks = summary.get("tasks", {})
-    critics = sorted({c for t in tasks.values() for c in t.get("removed", {})})
-    table = Table(title=f"round {summary.get('round', 0)}: {summary.get('records', 0)} records, "
-                        f"{summary.get('candidates', 0)} candidates")
-    for col in ["task", "pairs in", *[f"-{c}" for c in critics], "kept"]:
-        table.add_column(col, justify="right")
-    for task, f in sorted(tasks.items()):
-        table.add_row(task, str(f["pairs_in"]), *[str(f["removed"].get(c, 0)) for c in critics], str(f["kept"]))
-    Console().print(table)
+    critics: list[str] = []  # in the chain's order, as the funnel recorded them
+    for t in tasks.values():
+        critics += [c for c in t.get("removed", {}) if c not in critics]
+    # one column per task, one row per funnel step: readable however many critics there are
+    names = sorted(tasks)
+    made = (f"{summary['candidates']} teacher candidates" if "candidates" in summary
+            else f"{summary.get('student_pairs', 0)} student candidates")
+    header = f"round {summary.get('round', 0)}: {summary.get('records', 0)} records, {made}"
+    table = Table()
+    table.add_column("step", no_wrap=True)
+    for task in names:
+        table.add_column(task, justify="right", no_wrap=True)
+    table.add_row("pairs in", *[str(tasks[t]["pairs_in"]) for t in names])
+    for c in critics:
+        table.add_row(f"-{c}", *[str(tasks[t].get("removed", {}).get(c, 0)) for t in names])
+    table.add_row("kept", *[str(tasks[t]["kept"]) for t in names])
+    console = Console()
+    console.print(header, highlight=False)
+    console.print(table)
 
 
 def main() -> None:  # pragma: no cover - console entry

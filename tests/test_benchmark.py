@@ -140,16 +140,36 @@ def test_dedup_keep_rule_is_the_documented_difference():
         assert reference_kept(contexts, scorer, order=order, dedup=True) == {("r0", 0, 1)}  # reverse 0.80 lowest
 
 
-def test_reference_dedup_links_one_direction_and_keeps_every_context():
-    """With dedup on, each side keeps a subset of its no-dedup set, and a context with survivors keeps >= 1."""
+def test_dedup_last_keeps_every_context_with_survivors():
+    """With dedup on, each side keeps a subset of its no-dedup set. Where dedup runs last (the project; the
+    reference in the issue's all-pairs accounting), a context with survivors keeps >= 1 pair."""
     contexts = corpus_contexts()
     scorer = StandInScorer()
     proj_all, _ = project_kept(contexts, scorer, dedup=False)
     proj, _ = project_kept(contexts, scorer, dedup=True)
-    ref = reference_kept(contexts, scorer, order="code", dedup=True)
-    assert proj <= proj_all and ref <= proj_all
+    ref = reference_kept(contexts, scorer, order="all_pairs", dedup=True)
+    assert proj <= proj_all and ref <= proj_all and proj != proj_all  # dedup removed something
     with_survivors = {rid for rid, _, _ in proj_all}
     assert {rid for rid, _, _ in proj} == with_survivors == {rid for rid, _, _ in ref}
+
+
+def test_reference_code_order_dedup_can_empty_a_context():
+    """In the reference's code order dedup runs BEFORE numbers and ROUGE-L: per component it keeps the pair with
+    the lowest reverse NLI, and if that one then fails ROUGE-L, the context loses a pair the project keeps."""
+    a = "Seven schools were closed in Colombo on Monday, officials said."
+    b = "On Monday officials said seven schools in Colombo were closed."  # a diverse paraphrase of a
+    c = "Seven schools were closed in Colombo on Monday, the officials said."  # near copy of a
+    table = {(a, b): 0.95, (b, a): 0.95, (a, c): 0.99, (c, a): 0.90, (b, c): 0.95, (c, b): 0.95}
+
+    def scorer(premises, hypotheses):
+        p = np.array([table.get((x, y), 0.1) for x, y in zip(premises, hypotheses)])
+        return np.stack([p, 1 - p, np.zeros_like(p)], axis=1)
+
+    contexts = {"r0": [a, b, c]}
+    proj, scored = project_kept(contexts, scorer, dedup=True)
+    assert proj == {("r0", 0, 1)}  # (a, c) fails diversity, (b, c) too; (a, b) survives
+    assert reference_kept(contexts, scorer, order="code", dedup=True) == set()  # kept (a, c), then ROUGE-L
+    assert reference_kept(contexts, scorer, order="all_pairs", dedup=True) == {("r0", 0, 1)}
 
 
 def test_reference_numbers_check_is_the_codes():

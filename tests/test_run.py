@@ -144,7 +144,13 @@ def test_select_rethresholds_without_a_model(smoke_run, tmp_path):
     assert set(strict["id"]) <= set(base["id"])
     assert (strict["nli_forward"] >= 0.9).all() and (strict["nli_reverse"] >= 0.9).all()
     assert json.loads((run / "round-0" / "funnel.json").read_text())["thresholds"]["nli"]["threshold"] == 0.9
-    assert "paraphrase" in proc.stdout
+    # the printed funnel: a column per task, a row per step; round 0's "kept" row is the new corpus's size
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("round 0:") and "teacher candidates" in lines[0]
+    header = next(line for line in lines if "paraphrase" in line)
+    kept = next(line for line in lines if line.strip("│ ").startswith("kept")).strip("│ ").split("│")
+    cols = [c.strip() for c in header.strip("┃ ").split("┃")]
+    assert int(kept[cols.index("paraphrase")]) == len(strict)
     # back to the run's own thresholds: the original corpus again, exactly
     run_cli("select", str(run), env=env)
     assert_same_corpus(smoke_run, run)

@@ -49,8 +49,8 @@ def test_teacher_samples_do_not_depend_on_the_batch():
 
     model, tok = load_causal_lm("tiny-gpt2")
     prompts = ["(Reuters) --", "NAIROBI, Kenya (AP) -- The council met on Monday.", "(BBC) -- Police said",
-               "(CNN) --"]
-    seeds = [11, 22, 33, 11]
+               "(Reuters) --", "(Reuters) --"]
+    seeds = [11, 22, 33, 11, 12]
     kw = dict(max_new_tokens=30, temperature=0.7, top_p=0.9, no_repeat_ngram_size=3,
               banned_ids=newline_token_ids(tok))
     together = sample(model, tok, prompts, seeds, **kw)
@@ -58,6 +58,7 @@ def test_teacher_samples_do_not_depend_on_the_batch():
     reversed_ = sample(model, tok, prompts[::-1], seeds[::-1], **kw)[::-1]
     assert together == alone == reversed_
     assert together[0] == together[3]  # same prompt, same seed: the same sample
+    assert together[0] != together[4]  # same prompt, another seed: another sample
     assert all("\n" not in t for t in together)
     # stopping at the first sentence gives a prefix of the unstopped sample
     stopped = sample(model, tok, prompts, seeds, stop=has_complete_first_sentence, **kw)
