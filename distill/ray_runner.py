@@ -19,14 +19,13 @@ student actors load) must be on storage every node can read when workers run on 
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections import deque
 from pathlib import Path
 
 from distill.config import RunConfig
-from distill.runner import (RunResult, ShardError, _Progress, critique_config, finish_round, finished_shards,
-                            first_todo, make_stage, prepare_run_dir, prev_sha, round_stages, stage_input)
+from distill.runner import (RunResult, _Progress, critique_config, drive_rounds, first_todo, make_stage,
+                            prepare_run_dir, prev_sha, round_stages, stage_input)
 from distill.store import RunDir, shard_name
 
 # model stages run in actor pools; the others are stateless CPU tasks
@@ -85,26 +84,51 @@ def init_ray(address: str | None = None) -> None:
 def run_rounds_ray(cfg: RunConfig, out: str | Path | None = None, *, address: str | None = None,
                    progress: bool = True) -> RunResult:
     """Runs (or resumes) every round on Ray; the same files and the same corpus as ``run_rounds``."""
-    from distill.stages.contexts import n_context_shards
     from distill.stages.train import train_student_ray
 
-    t0 = time.perf_counter()
-    run = prepare_run_dir(cfg, out)
+    run = prepare_run_dir(cfg, out)  # config errors before Ray starts
+    _warn_if_ephemeral(run)
     init_ray(address)
-    n = n_context_shards(cfg)
-    result = RunResult(run.path, funnel={})
-    failures: dict[str, str] = {}
-    for r in range(cfg.rounds):
-        failed = _stream_round(cfg, run, r, n, result, failures, progress)
-        result.rounds.append(finish_round(cfg, run, r, finished_shards(run, r, n), trainer=train_student_ray,
-                                          train=not failed))
-        if failed:
-            break  # the next round trains on this one: do not build on a partial round
-    result.funnel = result.rounds[-1] if result.rounds else {}
-    result.seconds = time.perf_counter() - t0
-    if failures:
-        raise ShardError(failures)
-    return result
+    _warn_if_small(cfg)
+    return drive_rounds(cfg, run, lambda r, n, result, failures: _stream_round(cfg, run, r, n, result, failures,
+                                                                               progress),
+                        trainer=train_student_ray)
+
+
+class _Pool:
+    """One stage's actors. Created when the stage's first shard arrives and killed as soon as no shard
+    is left for it, so a small cluster runs stages one after another instead of waiting forever for
+    resources that the pools of finished (or not yet started) stages hold."""
+
+    def __init__(self, stage: str, cfg: RunConfig, cfg_json: dict, r: int, run_path: str):
+        self.stage, self.cfg, self.cfg_json, self.r, self.run_path = stage, cfg, cfg_json, r, run_path
+        self.actors: list = []
+        self.idle: deque = deque()
+        self.closed = False
+
+    def ready(self) -> bool:
+        if not self.actors and not self.closed:
+            self._start()
+        return bool(self.idle)
+
+    def _start(self) -> None:
+        ray = _require_ray()
+        res = _resources(self.cfg, self.stage)
+        actor_cls = ray.remote(StageWorker)
+        for j in range(res.concurrency):
+            # named so that the dashboard can tell the pools apart
+            actor = actor_cls.options(
+                name=f"distill-r{self.r}-{self.stage}-{j}-{uuid.uuid4().hex[:8]}", num_gpus=res.num_gpus,
+                num_cpus=res.num_cpus, max_restarts=RETRIES, max_task_retries=RETRIES,
+            ).remote(self.stage, self.cfg_json, self.r, self.run_path)
+            self.actors.append(actor)
+            self.idle.append(actor)
+
+    def close(self) -> None:
+        ray = _require_ray()
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors, self.idle, self.closed = [], deque(), True
 
 
 def _stream_round(cfg: RunConfig, run: RunDir, r: int, n: int, result: RunResult, failures: dict,
@@ -128,64 +152,91 @@ def _stream_round(cfg: RunConfig, run: RunDir, r: int, n: int, result: RunResult
     def todo(stage: str) -> int:  # shards that will pass through ``stage`` in this call
         return sum(1 for s0 in starts.values() if s0 and stages.index(s0) <= stages.index(stage))
 
-    idle: dict[str, deque] = {s: deque() for s in steps if s in ACTOR_STAGES}
-    actors: list = []
-    for stage in idle:
-        if not todo(stage):
-            continue  # no model is loaded for a stage with nothing to do
-        res = _resources(cfg, stage)
-        actor_cls = ray.remote(StageWorker).options(
-            num_gpus=res.num_gpus, num_cpus=res.num_cpus, max_restarts=RETRIES, max_task_retries=RETRIES)
-        for j in range(res.concurrency):
-            # named so that the dashboard (and a test) can tell the pools apart
-            actor = actor_cls.options(name=f"distill-r{r}-{stage}-{j}-{uuid.uuid4().hex[:8]}").remote(
-                stage, cfg_json, r, str(run.path.resolve()))
-            actors.append(actor)
-            idle[stage].append(actor)
+    left = {st: todo(st) for st in stages}  # shards still to leave each stage in this call
+    pools = {s: _Pool(s, cfg, cfg_json, r, str(run.path.resolve())) for s in steps if s in ACTOR_STAGES}
     cpu_task = ray.remote(_cpu_step).options(num_cpus=cfg.critique.resources.num_cpus, max_retries=RETRIES)
+
+    def leave(stage: str, count_later: bool) -> None:
+        """A shard left ``stage`` (and, when it failed, every later one): close pools nobody needs."""
+        for st in stages[stages.index(stage):] if count_later else [stage]:
+            left[st] -= 1
+            if left[st] == 0 and st in pools:
+                pools[st].close()
 
     pending: dict = {}  # ObjectRef -> (step, shard, actor or None)
     failed = False
-    with _Progress(progress, r) as bar:
-        tasks = {s: bar.add(s, todo(s)) for s in stages}
-        while pending or any(queues.values()):
-            for step in steps:  # submit whatever can start
-                while queues[step] and (step not in idle or idle[step]):
-                    i = queues[step].popleft()
-                    batch = batches.pop(i)
-                    if step in idle:
-                        actor = idle[step].popleft()
-                        pending[actor.process.remote(batch)] = (step, i, actor)
-                    else:
-                        pending[cpu_task.remote(step, cfg_json, r, batch)] = (step, i, None)
-            if not pending:
-                break
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            step, i, actor = pending.pop(ready[0])
-            if actor is not None:
-                idle[step].append(actor)
-            name = shard_name(i)
-            stage = "critique" if step == "cheap" else step
-            try:
-                df = ray.get(ready[0])
-            except Exception as exc:  # noqa: BLE001 - the shard is reported by name; the others go on
-                failures[f"round-{r}/{stage}/{name}"] = _reason(exc)
-                failed = True
-                continue
-            if step == "cheap":  # intermediate: straight on to the NLI actors
-                batches[i] = df
-                queues["critique"].append(i)
-                continue
-            run.stage(r, stage).write(name, df, prev_sha(run, r, stage, name))
-            result.computed[f"r{r}/{stage}"] += 1
-            bar.advance(tasks[stage])
-            if stage != stages[-1]:
-                nxt = stages[stages.index(stage) + 1]
-                batches[i] = df
-                queues["cheap" if nxt == "critique" else nxt].append(i)
-    for actor in actors:
-        ray.kill(actor)
+    try:
+        with _Progress(progress, r) as bar:
+            tasks = {s: bar.add(s, todo(s)) for s in stages}
+            while pending or any(queues.values()):
+                for step in steps:  # submit whatever can start
+                    while queues[step] and (step not in pools or pools[step].ready()):
+                        i = queues[step].popleft()
+                        batch = batches.pop(i)
+                        if step in pools:
+                            actor = pools[step].idle.popleft()
+                            pending[actor.process.remote(batch)] = (step, i, actor)
+                        else:
+                            pending[cpu_task.remote(step, cfg_json, r, batch)] = (step, i, None)
+                if not pending:
+                    break
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                step, i, actor = pending.pop(ready[0])
+                if actor is not None:
+                    pools[step].idle.append(actor)
+                name = shard_name(i)
+                stage = "critique" if step == "cheap" else step
+                try:
+                    df = ray.get(ready[0])
+                except Exception as exc:  # noqa: BLE001 - the shard is reported by name; the others go on
+                    failures[f"round-{r}/{stage}/{name}"] = _reason(exc)
+                    failed = True
+                    leave(stage, count_later=True)
+                    continue
+                if step == "cheap":  # intermediate: straight on to the NLI actors
+                    batches[i] = df
+                    queues["critique"].append(i)
+                    continue
+                run.stage(r, stage).write(name, df, prev_sha(run, r, stage, name))
+                result.computed[f"r{r}/{stage}"] += 1
+                bar.advance(tasks[stage])
+                leave(stage, count_later=False)
+                if stage != stages[-1]:
+                    nxt = stages[stages.index(stage) + 1]
+                    batches[i] = df
+                    queues["cheap" if nxt == "critique" else nxt].append(i)
+    finally:
+        for pool in pools.values():
+            pool.close()
     return failed
+
+
+def _warn_if_ephemeral(run: RunDir) -> None:
+    """A ``ray job submit --working-dir .`` driver runs in Ray's unpacked copy of that folder, which Ray
+    deletes: a relative run folder (the default ``runs/<name>``) would go with it."""
+    import sys
+
+    parts = run.path.resolve().parts
+    if "runtime_resources" in parts or any(p.startswith("_ray_pkg_") for p in parts):
+        print(f"note: the run folder {run.path.resolve()} is inside Ray's temporary copy of the job's working "
+              f"dir, which Ray deletes; pass --out with an absolute path (shared storage on a multi-node cluster)",
+              file=sys.stderr, flush=True)
+
+
+def _warn_if_small(cfg: RunConfig) -> None:
+    """One line on stderr when the stage pools together ask for more CPUs than the cluster has now: the
+    run still completes (pools start late and close early), but the stages overlap less."""
+    import sys
+
+    ray = _require_ray()
+    have = ray.cluster_resources().get("CPU", 0.0)
+    pools = {"contexts": cfg.contexts.resources, "candidates": cfg.candidates.resources,
+             "critique": cfg.critique.resources}
+    want = sum(res.num_cpus * res.concurrency for res in pools.values()) + cfg.critique.resources.num_cpus
+    if want > have:
+        print(f"note: the stage pools and CPU tasks ask for {want:g} CPUs, the cluster has {have:g} now: stages "
+              f"will overlap less (or wait for the autoscaler); see the stages' 'resources' in the config",
+              file=sys.stderr, flush=True)
 
 
 def _resources(cfg: RunConfig, stage: str):

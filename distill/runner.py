@@ -13,6 +13,7 @@ held out from every earlier round.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -143,51 +144,67 @@ def finished_shards(run: RunDir, round_: int, n: int) -> list[str]:
 
 def run_rounds(cfg: RunConfig, out: str | Path | None = None, *, progress: bool = True) -> RunResult:
     """Runs (or resumes) every round locally; raises ShardError naming failed shards after finishing the others."""
+    run = prepare_run_dir(cfg, out)
+    return drive_rounds(cfg, run, lambda r, n, result, failures: _local_round(cfg, run, r, n, result, failures,
+                                                                              progress))
+
+
+def drive_rounds(cfg: RunConfig, run: RunDir, run_round: Callable[[int, int, RunResult, dict], bool], *,
+                 trainer: Callable | None = None) -> RunResult:
+    """The round loop both runners share: ``run_round(r, n_shards, result, failures)`` takes round r's
+    shards through its stages (returns whether any failed); then selection and the round's student.
+    A round with a failed shard is selected and reported but ends the run: the next round would train on it."""
     from distill.stages.contexts import n_context_shards
 
     t0 = time.perf_counter()
-    run = prepare_run_dir(cfg, out)
     n = n_context_shards(cfg)
     result = RunResult(run.path, funnel={})
     failures: dict[str, str] = {}
     for r in range(cfg.rounds):
-        failed: set[str] = set()  # shard names whose lineage broke in this round; later stages skip them
-        with _Progress(progress, r) as bar:
-            for stage in round_stages(r):
-                sdir = run.stage(r, stage)
-                todo, done = [], 0
-                for i in range(n):
-                    name = shard_name(i)
-                    if name in failed:
-                        continue
-                    if sdir.is_done(name, prev_sha(run, r, stage, name)):
-                        done += 1
-                    else:
-                        todo.append(i)
-                key = f"r{r}/{stage}"
-                result.skipped[key], result.computed[key] = done, 0
-                task = bar.add(stage, len(todo))
-                if not todo:
-                    continue
-                fn = make_stage(stage, cfg, r, run)
-                for i in todo:
-                    name = shard_name(i)
-                    try:
-                        sdir.write(name, fn(stage_input(cfg, run, r, stage, i)), prev_sha(run, r, stage, name))
-                        result.computed[key] += 1
-                    except Exception as exc:  # noqa: BLE001 - reported by shard name, the others go on
-                        failures[f"round-{r}/{stage}/{name}"] = f"{type(exc).__name__}: {exc}"
-                        failed.add(name)
-                    bar.advance(task)
-                del fn
-        result.rounds.append(finish_round(cfg, run, r, finished_shards(run, r, n), train=not failed))
+        failed = run_round(r, n, result, failures)
+        result.rounds.append(finish_round(cfg, run, r, finished_shards(run, r, n), trainer=trainer, train=not failed))
         if failed:
-            break  # the next round trains on this one: do not build on a partial round
+            break
     result.funnel = result.rounds[-1] if result.rounds else {}
     result.seconds = time.perf_counter() - t0
     if failures:
         raise ShardError(failures)
     return result
+
+
+def _local_round(cfg: RunConfig, run: RunDir, r: int, n: int, result: RunResult, failures: dict,
+                 progress: bool) -> bool:
+    """Round r in this process, stage after stage, shard after shard; returns whether any shard failed."""
+    failed: set[str] = set()  # shard names whose lineage broke in this round; later stages skip them
+    with _Progress(progress, r) as bar:
+        for stage in round_stages(r):
+            sdir = run.stage(r, stage)
+            todo, done = [], 0
+            for i in range(n):
+                name = shard_name(i)
+                if name in failed:
+                    continue
+                if sdir.is_done(name, prev_sha(run, r, stage, name)):
+                    done += 1
+                else:
+                    todo.append(i)
+            key = f"r{r}/{stage}"
+            result.skipped[key], result.computed[key] = done, 0
+            task = bar.add(stage, len(todo))
+            if not todo:
+                continue
+            fn = make_stage(stage, cfg, r, run)
+            for i in todo:
+                name = shard_name(i)
+                try:
+                    sdir.write(name, fn(stage_input(cfg, run, r, stage, i)), prev_sha(run, r, stage, name))
+                    result.computed[key] += 1
+                except Exception as exc:  # noqa: BLE001 - reported by shard name, the others go on
+                    failures[f"round-{r}/{stage}/{name}"] = f"{type(exc).__name__}: {exc}"
+                    failed.add(name)
+                bar.advance(task)
+            del fn
+    return bool(failed)
 
 
 def finish_round(cfg: RunConfig, run: RunDir, r: int, shards: list[str], *, trainer: Callable | None = None,
@@ -244,14 +261,17 @@ class _LazyCritique:
 
 
 class _Progress:
-    """A rich progress bar per stage (or nothing, for tests and logs)."""
+    """A rich progress bar per stage on a terminal; on anything else (a Ray job's log, CI, a file) one
+    plain line per finished shard; nothing when disabled (tests, ``--quiet``)."""
 
     def __init__(self, enabled: bool, round_: int = 0):
         self.enabled, self.round = enabled, round_
         self.p = None
+        self.plain: dict[int, list] = {}  # task id -> [name, done, total]
+        self.t0 = time.perf_counter()
 
     def __enter__(self):
-        if self.enabled:
+        if self.enabled and sys.stdout.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.p = Progress(TextColumn("[bold]{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
@@ -264,8 +284,18 @@ class _Progress:
             self.p.__exit__(*exc)
 
     def add(self, name: str, total: int):
-        return self.p.add_task(f"r{self.round} {name}", total=total) if self.p else None
+        if self.p is not None:
+            return self.p.add_task(f"r{self.round} {name}", total=total)
+        if not self.enabled:
+            return None
+        self.plain[len(self.plain)] = [name, 0, total]
+        return len(self.plain) - 1
 
     def advance(self, task) -> None:
         if self.p is not None:
             self.p.advance(task)
+        elif task is not None:
+            entry = self.plain[task]
+            entry[1] += 1
+            print(f"round {self.round} {entry[0]}: {entry[1]}/{entry[2]} shards "
+                  f"({time.perf_counter() - self.t0:.0f} s)", flush=True)

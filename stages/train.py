@@ -473,7 +473,22 @@ class _Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------
     def run(self) -> dict | None:
-        """Trains (resuming from ``last/``); rank 0 writes the checkpoint and returns the training metrics."""
+        """Trains (resuming from ``last/``); rank 0 writes the checkpoint and returns the training metrics.
+
+        On CPU, torch uses ``train.resources.num_cpus`` threads here, locally as on a Ray Train worker:
+        a float sum's order depends on the thread count, so the same config gives the same student."""
+        import torch
+
+        if self.device.type != "cpu":
+            return self._run()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, int(self.cfg.resources.num_cpus)))
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self) -> dict | None:
         import torch
 
         cfg, out, dist = self.cfg, self.out_dir, self.dist

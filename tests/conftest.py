@@ -27,6 +27,17 @@ def run_cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess
     return proc
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small models run faster single-threaded, and do not stall when the machine is busy."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> Path:
     """``distill run configs/smoke.yaml`` once, through the real CLI; the tests only read it."""

@@ -68,6 +68,14 @@ def reference_kept(contexts, scorer, *, order: str, dedup: bool) -> set:
     return kept
 
 
+def table_scorer(table: dict):
+    """An NLI stand-in: p(entail) from ``table[(premise, hypothesis)]`` (0.1 when absent), the rest neutral."""
+    def scorer(premises, hypotheses):
+        p = np.array([table.get((x, y), 0.1) for x, y in zip(premises, hypotheses)])
+        return np.stack([p, 1 - p, np.zeros_like(p)], axis=1)
+    return scorer
+
+
 def number_blind(premises, hypotheses) -> np.ndarray:
     """StandInScorer's content-word rule without its number rule, so NLI does not hide the numbers deviation."""
     out = np.empty((len(premises), 3))
@@ -125,10 +133,7 @@ def test_dedup_keep_rule_is_the_documented_difference():
     b = "On Monday, seven Colombo schools were shut by the council."
     c = "Seven schools in Colombo were shut down by city officials on Monday."
     table = {(a, b): 0.95, (b, a): 0.80, (a, c): 0.99, (c, a): 0.90, (b, c): 0.85, (c, b): 0.95}
-
-    def scorer(premises, hypotheses):
-        p = np.array([table.get((x, y), 0.1) for x, y in zip(premises, hypotheses)])
-        return np.stack([p, 1 - p, np.zeros_like(p)], axis=1)
+    scorer = table_scorer(table)
 
     contexts = {"r0": [a, b, c]}
     no_dedup, _ = project_kept(contexts, scorer, dedup=False)
@@ -160,10 +165,7 @@ def test_reference_code_order_dedup_can_empty_a_context():
     b = "On Monday officials said seven schools in Colombo were closed."  # a diverse paraphrase of a
     c = "Seven schools were closed in Colombo on Monday, the officials said."  # near copy of a
     table = {(a, b): 0.95, (b, a): 0.95, (a, c): 0.99, (c, a): 0.90, (b, c): 0.95, (c, b): 0.95}
-
-    def scorer(premises, hypotheses):
-        p = np.array([table.get((x, y), 0.1) for x, y in zip(premises, hypotheses)])
-        return np.stack([p, 1 - p, np.zeros_like(p)], axis=1)
+    scorer = table_scorer(table)
 
     contexts = {"r0": [a, b, c]}
     proj, scored = project_kept(contexts, scorer, dedup=True)

@@ -27,14 +27,8 @@ NUMBER_CHANGED = "Fifteen people were injured in Nairobi, Lopez said."
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models run faster single-threaded, and do not stall when the machine is busy."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_threaded(one_thread):  # conftest's one_thread, for every test of this module
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

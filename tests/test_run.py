@@ -17,8 +17,10 @@ from distill.store import RunDir
 pytestmark = pytest.mark.slow
 
 
-def corpus(run: Path, task: str) -> pd.DataFrame:
-    parts = sorted((run / "round-0" / "corpus" / task).glob("part-*.parquet"))
+def corpus(run: Path, task: str, round_: int | str = 0) -> pd.DataFrame:
+    """The kept pairs of ``task`` in round ``round_`` (``"all"``: every round), sorted by id."""
+    pattern = "round-*" if round_ == "all" else f"round-{round_}"
+    parts = sorted(run.glob(f"{pattern}/corpus/{task}/part-*.parquet"))
     df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
     return df.sort_values("id").reset_index(drop=True)
 
@@ -28,9 +30,9 @@ def critique(run: Path) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True).sort_values("pair_id").reset_index(drop=True)
 
 
-def assert_same_corpus(a: Path, b: Path) -> None:
+def assert_same_corpus(a: Path, b: Path, round_: int | str = 0) -> None:
     for task in ("paraphrase", "summary"):
-        x, y = corpus(a, task), corpus(b, task)
+        x, y = corpus(a, task, round_), corpus(b, task, round_)
         assert list(x["id"]) == list(y["id"]), f"{task}: kept pairs differ"
         assert list(x["source"]) == list(y["source"]) and list(x["target"]) == list(y["target"])
         pd.testing.assert_frame_equal(x.drop(columns=["seed"]), y.drop(columns=["seed"]), check_exact=False, atol=1e-5)
@@ -192,3 +194,18 @@ def test_a_failing_shard_is_named_and_the_others_are_kept(smoke_run, tmp_path):
     crit = RunDir(run).stage(0, "critique")
     assert crit.is_done("part-00000", pairs.entry("part-00000")["sha256"])
     assert crit.is_done("part-00002", pairs.entry("part-00002")["sha256"])
+
+
+def test_progress_off_a_terminal_is_one_line_per_shard(capsys):
+    """In a Ray job's log or CI (stdout is not a terminal) progress is plain lines, not a live bar."""
+    from distill.runner import _Progress
+
+    with _Progress(True, 1) as bar:
+        task = bar.add("critique", 2)
+        bar.advance(task)
+        bar.advance(task)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["round 1 critique: 1/2 shards", "round 1 critique: 2/2 shards"]
+    with _Progress(False, 0) as quiet:
+        quiet.advance(quiet.add("contexts", 3))
+    assert capsys.readouterr().out == ""

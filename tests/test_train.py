@@ -52,11 +52,8 @@ def make_pairs(rows=PAIRS, kind="0-1") -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_threaded(one_thread):  # conftest's one_thread, for every test of this module
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
