@@ -228,8 +228,17 @@ def save_model(model, tokenizer, out: Path) -> None:
     kwargs = {}
     if "safe_serialization" in inspect.signature(model.save_pretrained).parameters:
         kwargs["safe_serialization"] = True
-    model.save_pretrained(str(out), **kwargs)
-    tokenizer.save_pretrained(str(out))
+    from transformers.utils import logging as hf_logging
+
+    # checkpoints are saved every epoch: keep transformers' per-save progress bar out of the logs
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(str(out), **kwargs)
+        tokenizer.save_pretrained(str(out))
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _write_json(path: Path, data: Any) -> None:
