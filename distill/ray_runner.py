@@ -23,7 +23,7 @@ import uuid
 from collections import deque
 from pathlib import Path
 
-from distill.config import RunConfig
+from distill.config import ConfigError, RunConfig
 from distill.runner import (RunResult, _Progress, critique_config, drive_rounds, first_todo, make_stage,
                             prepare_run_dir, prev_sha, round_stages, stage_input)
 from distill.store import RunDir, shard_name
@@ -78,7 +78,29 @@ def init_ray(address: str | None = None) -> None:
     ray = _require_ray()
     if not ray.is_initialized():
         addr = address or os.environ.get("RAY_ADDRESS") or None
-        ray.init(address=addr, log_to_driver=True, logging_level="WARNING")
+        _check_reachable(addr)
+        try:
+            ray.init(address=addr, log_to_driver=True, logging_level="WARNING")
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            hint = ("; a cluster with token authentication also needs RAY_AUTH_MODE=token and its token "
+                    "(~/.ray/auth_token or RAY_AUTH_TOKEN)") if addr else ""
+            raise ConfigError(f"cannot reach the Ray cluster at {addr or 'a new local instance'}: {reason}{hint}") from None
+
+
+def _check_reachable(addr: str | None) -> None:
+    """A plain ``host:port`` that nothing listens on makes ``ray.init`` retry for many minutes: fail fast."""
+    import socket
+
+    if not addr or "://" in addr or addr == "auto" or ":" not in addr:
+        return
+    host, _, port = addr.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {addr}: {exc}; start it (ray start --head / ray up) "
+                          f"or pass the head's address with --address or RAY_ADDRESS") from None
 
 
 def run_rounds_ray(cfg: RunConfig, out: str | Path | None = None, *, address: str | None = None,

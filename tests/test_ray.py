@@ -170,3 +170,15 @@ def test_ray_job_submit(smoke_run, ray_cluster, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in (proc.stdout + proc.stderr).lower()
     assert_same_corpus(smoke_run, out)
+
+
+def test_unreachable_address_is_one_line_exit_2(tmp_path):
+    """No cluster behind the address: one line naming it, exit 2, within seconds (ray.init alone retries
+    for minutes)."""
+    port = _free_port()
+    t0 = time.perf_counter()
+    res = run_cli("run", str(SMOKE), "--out", str(tmp_path / "run"), "--ray", "--address", f"127.0.0.1:{port}",
+                  check=False, timeout=120)
+    assert res.returncode == 2 and time.perf_counter() - t0 < 60
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()]
+    assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in res.stderr
