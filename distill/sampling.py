@@ -12,6 +12,7 @@ transformers' own processor, and a stopping rule that ends a row once its first 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -129,15 +130,20 @@ def sample(model, tokenizer, prompts: list[str], row_seeds: list[int], *, max_ne
     return tokenizer.batch_decode(out[:, prompt_len:], skip_special_tokens=True)
 
 
-def sample_split_on_oom(model, tokenizer, prompts: list[str], row_seeds: list[int], **kw) -> list[str]:
-    """``sample`` that halves the batch on out-of-memory and retries: no row is ever dropped."""
+def split_on_oom(fn: Callable[..., list], rows: list, seeds: list, **kw) -> list:
+    """``fn(rows, seeds, **kw)`` (one output per row); on out-of-memory it halves the batch and retries
+    each half, down to single rows: no row is ever dropped."""
     try:
-        return sample(model, tokenizer, prompts, row_seeds, **kw)
+        return fn(rows, seeds, **kw)
     except Exception as exc:  # noqa: BLE001 - only OOM is handled
-        if not is_oom(exc) or len(prompts) == 1:
+        if not is_oom(exc) or len(rows) <= 1:
             raise
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        mid = len(prompts) // 2
-        return (sample_split_on_oom(model, tokenizer, prompts[:mid], row_seeds[:mid], **kw)
-                + sample_split_on_oom(model, tokenizer, prompts[mid:], row_seeds[mid:], **kw))
+        mid = len(rows) // 2
+        return split_on_oom(fn, rows[:mid], seeds[:mid], **kw) + split_on_oom(fn, rows[mid:], seeds[mid:], **kw)
+
+
+def sample_split_on_oom(model, tokenizer, prompts: list[str], row_seeds: list[int], **kw) -> list[str]:
+    """``sample`` that halves the batch on out-of-memory and retries: no row is ever dropped."""
+    return split_on_oom(functools.partial(sample, model, tokenizer), prompts, row_seeds, **kw)

@@ -14,6 +14,7 @@ the critics alone.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -68,20 +69,10 @@ def sample_seq2seq(model, tokenizer, inputs: list[str], seeds: list[int], *, max
 
 def sample_seq2seq_split_on_oom(model, tokenizer, inputs: list[str], seeds: list[int], **kw) -> list[str]:
     """``sample_seq2seq`` that halves the batch on out-of-memory and retries: no row is ever dropped."""
-    import torch
+    from distill.sampling import split_on_oom
 
-    from distill.sampling import is_oom
-
-    try:
-        return sample_seq2seq(model, tokenizer, inputs, seeds, **kw)
-    except Exception as exc:  # noqa: BLE001 - only OOM is handled
-        if not is_oom(exc) or len(inputs) <= 1:
-            raise
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        mid = len(inputs) // 2
-        return (sample_seq2seq_split_on_oom(model, tokenizer, inputs[:mid], seeds[:mid], **kw)
-                + sample_seq2seq_split_on_oom(model, tokenizer, inputs[mid:], seeds[mid:], **kw))
+    # sample_seq2seq is looked up at call time, so a replaced module attribute is honoured
+    return split_on_oom(functools.partial(sample_seq2seq, model, tokenizer), inputs, seeds, **kw)
 
 
 def _max_source_tokens(checkpoint: str | Path) -> int:

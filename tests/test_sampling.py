@@ -1,6 +1,7 @@
 """Row-seeded sampling: exact top-p samples whose randomness belongs to the row, not the batch."""
 
 import numpy as np
+import pytest
 import torch
 
 from distill.sampling import RowSampler, hash_uniform
@@ -64,3 +65,25 @@ def test_teacher_samples_do_not_depend_on_the_batch():
     stopped = sample(model, tok, prompts, seeds, stop=has_complete_first_sentence, **kw)
     for full, short in zip(together, stopped):
         assert full.startswith(short)
+
+
+def test_split_on_oom_halves_until_rows_fit_and_keeps_order():
+    from distill.sampling import split_on_oom
+
+    calls = []
+
+    def fn(rows, seeds, *, suffix):
+        calls.append(len(rows))
+        if len(rows) > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [f"{r}-{s}{suffix}" for r, s in zip(rows, seeds)]
+
+    rows, seeds = list("abcde"), [1, 2, 3, 4, 5]
+    assert split_on_oom(fn, rows, seeds, suffix="!") == ["a-1!", "b-2!", "c-3!", "d-4!", "e-5!"]
+    assert calls == [5, 2, 3, 1, 2]  # every row once, in order, after the splits
+
+    def broken(rows, seeds):
+        raise ValueError("not memory")
+
+    with pytest.raises(ValueError, match="not memory"):
+        split_on_oom(broken, rows, seeds)
