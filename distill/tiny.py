@@ -549,11 +549,11 @@ def _deterministic(seed: int):
     """Seeded, fixed-thread-count, deterministic torch; the caller's settings are restored after."""
     import torch
 
-    threads = torch.get_num_threads()
+    from distill.runtime import torch_threads
+
     det = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    with torch.random.fork_rng(devices=[]):
-        torch.set_num_threads(NUM_THREADS)
+    with torch.random.fork_rng(devices=[]), torch_threads(NUM_THREADS):
         torch.use_deterministic_algorithms(True)
         # Denormal floats (tiny Adam moments of rare tokens) make CPU math 10-100x slower.
         torch.set_flush_denormal(True)
@@ -562,7 +562,6 @@ def _deterministic(seed: int):
             yield
         finally:
             torch.set_flush_denormal(False)
-            torch.set_num_threads(threads)
             torch.use_deterministic_algorithms(det, warn_only=warn_only)
 
 
@@ -632,12 +631,9 @@ def _save_tokenizer(fast, out: Path) -> None:
 
 
 def _save_model(model, out: Path) -> None:
-    import inspect
+    from distill.runtime import save_safetensors
 
-    kwargs = {}
-    if "safe_serialization" in inspect.signature(model.save_pretrained).parameters:
-        kwargs["safe_serialization"] = True
-    model.save_pretrained(str(out), **kwargs)
+    save_safetensors(model, out)
 
 
 def _schedule(step: int, steps: int, warmup: int) -> float:
@@ -1011,7 +1007,6 @@ def _build_t5(out: Path, recipe: dict, log=None) -> None:
     """A T5 that has read the synthetic corpus, as T5 had read C4: pretrained as a denoising
     autoencoder (corpus sentences with ``drop`` of their tokens removed and ``swap`` of neighbour
     pairs swapped -> the sentence). Nothing paraphrase- or summary-specific: the pipeline teaches that."""
-    import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
     from distill.text import split_sentences

@@ -51,7 +51,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -224,21 +223,10 @@ def _unwrap(model):
 
 def save_model(model, tokenizer, out: Path) -> None:
     """save_pretrained (safetensors) of the model and its tokenizer into ``out``."""
-    model = _unwrap(model)
-    kwargs = {}
-    if "safe_serialization" in inspect.signature(model.save_pretrained).parameters:
-        kwargs["safe_serialization"] = True
-    from transformers.utils import logging as hf_logging
+    from distill.runtime import save_safetensors
 
-    # checkpoints are saved every epoch: keep transformers' per-save progress bar out of the logs
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        model.save_pretrained(str(out), **kwargs)
-        tokenizer.save_pretrained(str(out))
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+    save_safetensors(_unwrap(model), out)
+    tokenizer.save_pretrained(str(out))
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -279,7 +267,6 @@ def _pad(seqs: list[list[int]], value: int, device):
 
 def _batch_loss(model, src: list[list[int]], tgt: list[list[int]], pad_id: int, device):
     """Summed token cross-entropy (fp32) of one batch, and its number of target tokens."""
-    import torch
     import torch.nn.functional as F
 
     input_ids = _pad(src, pad_id, device)
@@ -486,16 +473,12 @@ class _Trainer:
 
         On CPU, torch uses ``train.resources.num_cpus`` threads here, locally as on a Ray Train worker:
         a float sum's order depends on the thread count, so the same config gives the same student."""
-        import torch
+        from distill.runtime import torch_threads
 
         if self.device.type != "cpu":
             return self._run()
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, int(self.cfg.resources.num_cpus)))
-        try:
+        with torch_threads(self.cfg.resources.num_cpus):
             return self._run()
-        finally:
-            torch.set_num_threads(threads)
 
     def _run(self) -> dict | None:
         import torch

@@ -30,12 +30,10 @@ def run_cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess
 @pytest.fixture(scope="module")
 def one_thread():
     """Small models run faster single-threaded, and do not stall when the machine is busy."""
-    import torch
+    from distill.runtime import torch_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
