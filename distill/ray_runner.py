@@ -19,6 +19,7 @@ student actors load) must be on storage every node can read when workers run on 
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections import deque
 from pathlib import Path
@@ -236,8 +237,6 @@ def _stream_round(cfg: RunConfig, run: RunDir, r: int, n: int, result: RunResult
 def _warn_if_ephemeral(run: RunDir) -> None:
     """A ``ray job submit --working-dir .`` driver runs in Ray's unpacked copy of that folder, which Ray
     deletes: a relative run folder (the default ``runs/<name>``) would go with it."""
-    import sys
-
     parts = run.path.resolve().parts
     if "runtime_resources" in parts or any(p.startswith("_ray_pkg_") for p in parts):
         print(f"note: the run folder {run.path.resolve()} is inside Ray's temporary copy of the job's working "
@@ -248,13 +247,10 @@ def _warn_if_ephemeral(run: RunDir) -> None:
 def _warn_if_small(cfg: RunConfig) -> None:
     """One line on stderr when the stage pools together ask for more CPUs than the cluster has now: the
     run still completes (pools start late and close early), but the stages overlap less."""
-    import sys
-
     ray = _require_ray()
     have = ray.cluster_resources().get("CPU", 0.0)
-    pools = {"contexts": cfg.contexts.resources, "candidates": cfg.candidates.resources,
-             "critique": cfg.critique.resources}
-    want = sum(res.num_cpus * res.concurrency for res in pools.values()) + cfg.critique.resources.num_cpus
+    pools = [_resources(cfg, s) for s in steps_of(0) if s in ACTOR_STAGES]
+    want = sum(res.num_cpus * res.concurrency for res in pools) + cfg.critique.resources.num_cpus
     if want > have:
         print(f"note: the stage pools and CPU tasks ask for {want:g} CPUs, the cluster has {have:g} now: stages "
               f"will overlap less (or wait for the autoscaler); see the stages' 'resources' in the config",

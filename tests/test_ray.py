@@ -99,6 +99,9 @@ def test_ray_run_equals_local_run(smoke_run, ray_cluster, tmp_path):
     t0 = time.perf_counter()
     res = run_cli("run", str(SMOKE), "--out", str(out), "--ray", "--quiet", env=_env(ray_cluster), timeout=900)
     (tmp_path / "ray-wall.txt").write_text(f"{time.perf_counter() - t0:.1f}")
+    # 3 pools + CPU tasks ask for 4 CPUs, the head has 2: the run says so, and completes (pools start late,
+    # close early)
+    assert "ask for 4 CPUs, the cluster has 2" in res.stderr
     assert "reused" not in res.stdout or "reused 0" in res.stdout, res.stdout
     for r in (0, 1):
         assert_same_corpus(smoke_run, out, round_=r)
@@ -182,3 +185,14 @@ def test_unreachable_address_is_one_line_exit_2(tmp_path):
     assert res.returncode == 2 and time.perf_counter() - t0 < 60
     assert res.stderr.strip().splitlines() == [res.stderr.strip()]
     assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in res.stderr
+
+
+def test_run_folder_inside_a_jobs_working_dir_copy_is_flagged(tmp_path, capsys):
+    from distill.ray_runner import _warn_if_ephemeral
+
+    _warn_if_ephemeral(RunDir(tmp_path / "runs" / "smoke"))
+    assert capsys.readouterr().err == ""
+    inside = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_ab12" / "runs" / "smoke"
+    _warn_if_ephemeral(RunDir(inside))
+    err = capsys.readouterr().err
+    assert "inside Ray's temporary copy" in err and str(inside) in err and len(err.strip().splitlines()) == 1
